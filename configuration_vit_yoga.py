@@ -255,7 +255,7 @@ class ViTYogaConfig(PretrainedConfig):
                 f"ViTYogaConfig.hierarchy_parents needs one list per level after the first "
                 f"({len(levels) - 1}), got {len(parents)}."
             )
-        for level, level_names in zip(levels, names):
+        for level, level_names in zip(levels, names, strict=True):
             if not level_names:
                 raise ValueError(f"Hierarchy level {level!r} has no classes; give its class names.")
         for depth, level_parents in enumerate(parents, start=1):

@@ -1,0 +1,464 @@
+"""ViTYoga: the standard Vision Transformer (Dosovitskiy et al., 2021) as a Hugging Face model.
+
+This file ships with every checkpoint (``trust_remote_code``), so it imports only torch and transformers. It is the
+textbook ViT, numerically equal to transformers' ``ViTModel`` and timm's ``VisionTransformer`` once their weights are
+ported (see ``convert_vit_checkpoint.py``): a strided-convolution patch embedding, a learned class token prepended
+at position 0, learned position embeddings, pre-norm blocks with a fused qkv projection split into heads of width
+``hidden_size / num_attention_heads``, softmax over the keys scaled by ``1 / sqrt(head width)``, a GELU MLP,
+stochastic depth, and a final LayerNorm whose class-token output feeds the classifier. Attention runs through
+transformers' attention interface, so ``attn_implementation`` may be "eager", "sdpa" (the default),
+"flash_attention_2", "flex_attention" or any kernel registered there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ViTImageProcessor
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.image_utils import PILImageResampling
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import logging
+
+try:  # as a package (a Hub checkpoint loaded with trust_remote_code)
+    from .configuration_vit_yoga import ViTYogaConfig
+except ImportError:  # as a plain module (this repository)
+    from configuration_vit_yoga import ViTYogaConfig
+
+logger = logging.get_logger(__name__)
+
+
+class ViTYogaPatchEmbeddings(nn.Module):
+    """Cuts the image into non-overlapping patches and projects each: one strided convolution, no Python loops."""
+
+    def __init__(self, config: ViTYogaConfig) -> None:
+        super().__init__()
+        self.num_channels = config.num_channels
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"ViTYoga expects pixel_values of shape (batch, {self.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}; convert images to {self.num_channels}-channel (e.g. RGB) tensors with "
+                "the checkpoint's image processor."
+            )
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class ViTYogaEmbeddings(nn.Module):
+    """Patch embeddings, the class token prepended at position 0, and learned position embeddings."""
+
+    def __init__(self, config: ViTYogaConfig) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = ViTYogaPatchEmbeddings(config)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.patch_size = config.patch_size
+        self.image_size = config.image_size
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """The position embeddings resampled (bicubic) to a ``height`` x ``width`` image; the class token's kept."""
+        grid = self.image_size // self.patch_size
+        new_height, new_width = height // self.patch_size, width // self.patch_size
+        if (new_height, new_width) == (grid, grid) and not torch.jit.is_tracing():
+            return self.position_embeddings
+        class_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
+        dim = patch_pos.shape[-1]
+        patch_pos = patch_pos.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(
+            patch_pos.float(), size=(new_height, new_width), mode="bicubic", align_corners=False
+        ).to(class_pos.dtype)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, new_height * new_width, dim)
+        return torch.cat((class_pos, patch_pos), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        if not interpolate_pos_encoding and (height != self.image_size or width != self.image_size):
+            raise ValueError(
+                f"Input image size ({height}x{width}) does not match the model's ({self.image_size}x{self.image_size});"
+                " resize the images (the checkpoint's image processor does) or pass interpolate_pos_encoding=True."
+            )
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Input image size ({height}x{width}) is not a multiple of the patch size ({self.patch_size})."
+            )
+        embeddings = self.patch_embeddings(pixel_values)
+        cls_tokens = self.cls_token.expand(embeddings.shape[0], -1, -1)
+        embeddings = torch.cat((cls_tokens, embeddings), dim=1)
+        if interpolate_pos_encoding:
+            embeddings = embeddings + self.interpolate_pos_encoding(height, width)
+        else:
+            embeddings = embeddings + self.position_embeddings
+        return self.dropout(embeddings)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention on (batch, heads, tokens, head_dim): softmax over the keys (the last axis)."""
+    attn_weights = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class ViTYogaAttention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection, as in timm."""
+
+    def __init__(self, config: ViTYogaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False  # read by transformers' attention kernels
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, num_tokens, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, tokens, head_dim)
+
+        implementation = self.config._attn_implementation or "sdpa"
+        if output_attentions and implementation != "eager":
+            # Only the eager path materialises the attention matrix; fused kernels never do.
+            logger.warning_once(
+                f"attn_implementation={implementation!r} cannot return attention maps; using eager attention for "
+                "calls with output_attentions=True (load with attn_implementation='eager' to silence this)."
+            )
+            implementation = "eager"
+        attention = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        attn_output, attn_weights = attention(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+        )
+        attn_output = self.proj(attn_output.reshape(batch_size, num_tokens, width))
+        return attn_output, attn_weights if output_attentions else None
+
+
+class ViTYogaMLP(nn.Module):
+    def __init__(self, config: ViTYogaConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class ViTYogaDropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016): drops a sample's whole residual branch with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        mask_shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        mask = hidden_states.new_empty(mask_shape).bernoulli_(keep_prob)
+        return hidden_states * mask / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class ViTYogaLayer(GradientCheckpointingLayer):
+    """A pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ViTYogaConfig, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ViTYogaAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTYogaMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path = ViTYogaDropPath(drop_path_rate)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
+        hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
+        return hidden_states, attn_weights
+
+
+class ViTYogaPreTrainedModel(PreTrainedModel):
+    config_class = ViTYogaConfig
+    config: ViTYogaConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTYogaEmbeddings", "ViTYogaLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def __init__(self, config: ViTYogaConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        # save_pretrained adds the class being saved to auto_map; list the others too, so that AutoConfig and
+        # AutoModel load a classifier's checkpoint as well (trust_remote_code).
+        auto_map = dict(getattr(config, "auto_map", None) or {})
+        auto_map.setdefault("AutoConfig", "configuration_vit_yoga.ViTYogaConfig")
+        auto_map.setdefault("AutoModel", "modeling_vit_yoga.ViTYogaModel")
+        config.auto_map = auto_map
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """timm's ViT init: truncated normal for weights and position embeddings, zeros for biases."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, ViTYogaEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+
+
+class ViTYogaModel(ViTYogaPreTrainedModel):
+    """The ViT backbone: embeddings, ``num_hidden_layers`` blocks and the final LayerNorm.
+
+    ``pooler_output`` is the normalised class token (position 0), the representation the classifiers read.
+    """
+
+    def __init__(self, config: ViTYogaConfig) -> None:
+        super().__init__(config)
+        self.embeddings = ViTYogaEmbeddings(config)
+        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList([ViTYogaLayer(config, rate) for rate in drop_path_rates])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        if pixel_values is None:
+            raise ValueError("ViTYoga needs pixel_values (batch, channels, height, width).")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        weight_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states = self.embeddings(pixel_values.to(weight_dtype), bool(interpolate_pos_encoding))
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(hidden_states, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = sequence_output[:, 0]
+        if not return_dict:
+            return tuple(
+                v for v in (sequence_output, pooled_output, all_hidden_states, all_attentions) if v is not None
+            )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+class ViTYogaForImageClassification(ViTYogaPreTrainedModel):
+    """ViTYoga with one linear head on the class token: ``num_labels`` logits (e.g. one level of Yoga-82)."""
+
+    def __init__(self, config: ViTYogaConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = ViTYogaModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.vit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device).view(-1))
+        if not return_dict:
+            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss, logits) if loss is not None else (logits,)) + rest
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+@dataclass
+class HierarchicalClassifierOutput(ModelOutput):
+    """Outputs of [`ViTYogaForHierarchicalClassification`].
+
+    Args:
+        loss: the sum over levels of each level's cross-entropy (when ``labels`` are given).
+        logits: the finest level's logits, so that the image-classification pipeline names the finest classes.
+        level_logits: each level's logits, coarsest first (``config.hierarchy_levels`` order).
+        level_losses: each level's cross-entropy, shape (num_levels,).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    level_logits: tuple[torch.FloatTensor, ...] | None = None
+    level_losses: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class ViTYogaForHierarchicalClassification(ViTYogaPreTrainedModel):
+    """ViTYoga with one head per level of ``config.hierarchy_levels`` (6, 20 and 82 logits for Yoga-82).
+
+    ``labels`` has shape (batch, num_levels): each example's class id at every level, coarsest first.
+    """
+
+    def __init__(self, config: ViTYogaConfig) -> None:
+        super().__init__(config)
+        if not config.hierarchy_levels:
+            raise ValueError(
+                "ViTYogaForHierarchicalClassification needs a label hierarchy; set hierarchy_levels, "
+                "hierarchy_class_names and hierarchy_parents in the config (or use ViTYogaForImageClassification)."
+            )
+        self.vit = ViTYogaModel(config)
+        self.classifiers = nn.ModuleList([nn.Linear(config.hidden_size, size) for size in config.hierarchy_sizes])
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HierarchicalClassifierOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.vit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        level_logits = tuple(head(outputs.pooler_output) for head in self.classifiers)
+        loss = level_losses = None
+        if labels is not None:
+            if labels.ndim != 2 or labels.shape[1] != len(level_logits):
+                raise ValueError(
+                    f"labels must have shape (batch, {len(level_logits)}): one class id per level "
+                    f"{self.config.hierarchy_levels}; got {tuple(labels.shape)}."
+                )
+            labels = labels.to(level_logits[0].device)
+            level_losses = torch.stack(
+                [F.cross_entropy(logits.float(), labels[:, i]) for i, logits in enumerate(level_logits)]
+            )
+            loss = level_losses.sum()
+        output = HierarchicalClassifierOutput(
+            loss=loss,
+            logits=level_logits[-1],
+            level_logits=level_logits,
+            level_losses=level_losses,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def vit_yoga_image_processor(
+    config: ViTYogaConfig,
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+) -> ViTImageProcessor:
+    """The image processor a checkpoint ships with: resize to the model's size, rescale to [0, 1], normalise."""
+    return ViTImageProcessor(
+        do_resize=True,
+        size={"height": config.image_size, "width": config.image_size},
+        resample=PILImageResampling.BILINEAR,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+    )
+
+
+ViTYogaConfig.register_for_auto_class()
+ViTYogaModel.register_for_auto_class("AutoModel")
+ViTYogaForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+ViTYogaForHierarchicalClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "HierarchicalClassifierOutput",
+    "ViTYogaForHierarchicalClassification",
+    "ViTYogaForImageClassification",
+    "ViTYogaModel",
+    "ViTYogaPreTrainedModel",
+    "vit_yoga_image_processor",
+]

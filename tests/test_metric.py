@@ -1,0 +1,172 @@
+"""The hierarchical_accuracy `evaluate` module: loads offline from its folder and computes hand-checkable results."""
+
+import json
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import pytest
+
+METRIC_PATH = Path(__file__).parent.parent / "metrics" / "hierarchical_accuracy"
+
+# 3 coarse classes <- 4 middle classes <- 6 fine classes.
+PARENT_OF_MIDDLE = [0, 0, 1, 2]
+PARENT_OF_FINE = [0, 1, 1, 2, 3, 3]
+
+
+@pytest.fixture(scope="module")
+def metric(tmp_path_factory):
+    return evaluate.load(str(METRIC_PATH), cache_dir=str(tmp_path_factory.mktemp("metric_cache")))
+
+
+@pytest.fixture(scope="module")
+def in_memory_metric():
+    # evaluate leaves its cache-file lock held when _compute raises, so the next compute on a file-backed instance
+    # waits a second for it; the error cases use an in-memory instance instead.
+    return evaluate.load(str(METRIC_PATH), keep_in_memory=True)
+
+
+def one_hot_scores(ranked_rows: list[list[int]], num_classes: int) -> np.ndarray:
+    """Scores whose descending order over classes is each row's list (unlisted classes score lowest)."""
+    scores = np.zeros((len(ranked_rows), num_classes), dtype=np.float32)
+    for row, ranked in enumerate(ranked_rows):
+        for position, class_id in enumerate(ranked):
+            scores[row, class_id] = num_classes - position
+    return scores
+
+
+def test_top1_topk_and_per_class(metric):
+    # Six classes; the reference sits at rank 0, 1, 4, 5 and 2 of its row.
+    scores = one_hot_scores([[0, 1], [2, 1], [5, 4, 3, 2, 1, 0], [1, 2, 3, 4, 5, 0], [4, 5, 3]], 6)
+    references = [0, 1, 1, 0, 3]
+    results = metric.compute(predictions=scores, references=references, top_k=[1, 2, 5, 6])
+
+    assert results["accuracy"] == pytest.approx(1 / 5)
+    assert results["top2_accuracy"] == pytest.approx(2 / 5)
+    assert results["top5_accuracy"] == pytest.approx(4 / 5)
+    assert results["top6_accuracy"] == 1.0  # k >= C always holds the reference
+    assert "top1_accuracy" not in results
+    # Class 0: rows 0 (right) and 3 (wrong); class 1: rows 1 and 2 (both wrong); class 3: row 4 (wrong).
+    assert results["per_class_accuracy"] == {"0": 0.5, "1": 0.0, "3": 0.0}
+    assert results["per_class_count"] == {"0": 2, "1": 2, "3": 1}
+    assert results["num_examples"] == 5
+    json.dumps(results)  # plain Python types, ready for a results file or a model card
+
+
+def test_default_top_k_and_class_names(metric):
+    scores = one_hot_scores([[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0]], 7)
+    names = ["a", "b", "c", "d", "e", "f", "g"]
+    results = metric.compute(predictions=scores.tolist(), references=[0, 1], class_names=names)
+
+    assert set(results) == {"accuracy", "top5_accuracy", "per_class_accuracy", "per_class_count", "num_examples"}
+    assert results["accuracy"] == 0.5
+    assert results["top5_accuracy"] == 0.5  # in row 1 the reference is 6th
+    assert results["per_class_accuracy"] == {"a": 1.0, "b": 0.0}
+    assert results["per_class_count"] == {"a": 1, "b": 1}
+
+
+def test_ties_resolve_like_argmax(metric):
+    # All scores equal: argmax predicts class 0, and top-k counts the first k class ids.
+    scores = np.zeros((3, 4), dtype=np.float32)
+    results = metric.compute(predictions=scores, references=[0, 1, 3], top_k=[1, 2])
+    assert results["accuracy"] == pytest.approx(1 / 3)
+    assert results["top2_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_implied_accuracy_two_levels(metric):
+    # Four fine classes under two coarse ones: {0, 1} -> 0, {2, 3} -> 1.
+    scores = one_hot_scores([[1], [0], [3], [0]], 4)  # top-1: 1, 0, 3, 0
+    results = metric.compute(
+        predictions=scores,
+        references=[0, 1, 2, 3],
+        hierarchy_parents=[[0, 0, 1, 1]],
+        hierarchy_levels=["body_position", "pose"],
+    )
+    assert results["accuracy"] == 0.0
+    # Rows 0-2 predict a wrong pose in the right body position; row 3 is wrong at both levels.
+    assert results["implied_body_position_accuracy"] == 0.75
+    assert "implied_pose_accuracy" not in results
+
+
+def test_implied_accuracy_three_levels(metric):
+    scores = one_hot_scores([[2], [3], [5], [1], [4]], 6)  # top-1: 2, 3, 5, 1, 4
+    references = [1, 4, 5, 0, 5]
+    results = metric.compute(
+        predictions=scores,
+        references=references,
+        hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE],
+        hierarchy_levels=["label_3", "label_4", "label_6"],
+    )
+    # middle: pred [1, 2, 3, 1, 3] vs ref [1, 3, 3, 0, 3]; coarse: pred [0, 1, 2, 0, 2] vs ref [0, 2, 2, 0, 2].
+    # Rows 0 and 4 are wrong poses with the right parent; row 3 is wrong at the middle level but right at the top.
+    assert results["accuracy"] == pytest.approx(1 / 5)
+    assert results["implied_label_4_accuracy"] == pytest.approx(3 / 5)
+    assert results["implied_label_3_accuracy"] == pytest.approx(4 / 5)
+    assert list(results)[-2:] == ["implied_label_4_accuracy", "implied_label_3_accuracy"]
+
+    default_names = metric.compute(
+        predictions=scores, references=references, hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE]
+    )
+    assert default_names["implied_level_1_accuracy"] == pytest.approx(3 / 5)
+    assert default_names["implied_level_0_accuracy"] == pytest.approx(4 / 5)
+
+
+def test_class_id_predictions(metric):
+    results = metric.compute(
+        predictions=[2, 3, 5, 1, 4],
+        references=[1, 4, 5, 0, 5],
+        hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE],
+        class_names=["f0", "f1", "f2", "f3", "f4", "f5"],
+    )
+    assert results["accuracy"] == pytest.approx(1 / 5)
+    assert not any(key.startswith("top") for key in results)  # top-k needs scores
+    assert results["per_class_accuracy"] == {"f0": 0.0, "f1": 0.0, "f4": 0.0, "f5": 0.5}
+    assert results["per_class_count"] == {"f0": 1, "f1": 1, "f4": 1, "f5": 2}
+    assert results["implied_level_1_accuracy"] == pytest.approx(3 / 5)
+    assert results["implied_level_0_accuracy"] == pytest.approx(4 / 5)
+
+
+def test_add_batch_twice_equals_one_shot(metric):
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((40, 9)).astype(np.float32)
+    references = rng.integers(0, 9, size=40)
+    kwargs = {"top_k": (1, 3), "hierarchy_parents": [[0, 0, 0, 1, 1, 1, 2, 2, 2]]}
+
+    one_shot = metric.compute(predictions=scores, references=references, **kwargs)
+    metric.add_batch(predictions=scores[:25], references=references[:25])
+    metric.add_batch(predictions=scores[25:], references=references[25:])
+    assert metric.compute(**kwargs) == one_shot
+    assert one_shot["num_examples"] == 40
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"predictions": [[0.1, 0.9], [0.5, 0.5]], "references": [0, 2]}, "references holds class id 2"),
+        ({"predictions": [[0.1, 0.9]], "references": [0], "class_names": ["a", "b", "c"]}, "class_names has 3"),
+        (
+            {"predictions": [[0.1, 0.9, 0.0]], "references": [0], "hierarchy_parents": [[0, 1]]},
+            "hierarchy_parents\\[-1\\] gives parents for 2 classes",
+        ),
+        (
+            {"predictions": [[0.1, 0.9, 0.0]], "references": [0], "hierarchy_parents": [[0, 1], [0, 2, 1]]},
+            "hierarchy_parents\\[1\\] holds parent id 2",
+        ),
+        (
+            {
+                "predictions": [[0.1, 0.9]],
+                "references": [0],
+                "hierarchy_parents": [[0, 0]],
+                "hierarchy_levels": ["fine"],
+            },
+            "hierarchy_levels names 1 levels",
+        ),
+        ({"predictions": [[0.1, 0.9]], "references": [0], "top_k": [0]}, "top_k must be a positive int"),
+        ({"predictions": [4], "references": [0], "class_names": ["a", "b"]}, "predictions holds class id 4"),
+    ],
+)
+def test_clear_errors(in_memory_metric, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        in_memory_metric.compute(**kwargs)
+    # The instance stays usable after the error, with none of the failed call's data.
+    assert in_memory_metric.compute(predictions=[[0.2, 0.8]], references=[1])["num_examples"] == 1
