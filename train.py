@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,12 +276,17 @@ def find_label_columns(dataset: datasets.DatasetDict, data_args: DataArguments) 
             # Strings or ints: one ClassLabel, named from train, for every split (so that ids agree across splits).
             values = sorted(set(dataset["train"].unique(column)))
             class_label = datasets.ClassLabel(names=[str(v) for v in values])
+            ids = {value: i for i, value in enumerate(values)}
             for split in dataset:
                 dataset[split] = dataset[split].map(
-                    lambda batch: {column: [values.index(v) for v in batch[column]]}, batched=True,
+                    _encode_labels, batched=True, fn_kwargs={"column": column, "ids": ids},
                     features=dataset[split].features.copy() | {column: class_label},
                 )
     return columns
+
+
+def _encode_labels(batch: dict[str, list], column: str, ids: dict[Any, int]) -> dict[str, list[int]]:
+    return {column: [ids[value] for value in batch[column]]}
 
 
 def hierarchy_of_dataset(dataset: datasets.DatasetDict) -> tuple[list[str], list[list[str]], list[list[int]]]:
@@ -610,6 +614,8 @@ def write_model_card(
                  drop_path_rate=config.drop_path_rate)
     params = sum(p.numel() for p in model.parameters())
     plots_md = "\n".join(f"![{p}]({p})" for p in plots)
+    patience = data_args.early_stopping_patience
+    stopping = f", early stopping patience {patience}" if patience and training_args.load_best_model_at_end else ""
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -647,7 +653,7 @@ classify("pose.jpg", top_k=5)
 
 Hyper-parameters: `{json.dumps(hyper, default=str)}`. AdamW, RandAugment ({data_args.rand_augment_ops} ops), random
 crops of {config.image_size} from {round(config.image_size * CROP_RATIO)} px, horizontal flips, best checkpoint by
-validation accuracy{f', early stopping patience {data_args.early_stopping_patience}' if data_args.early_stopping_patience else ''}.
+validation accuracy{stopping}.
 
 ## Lineage
 

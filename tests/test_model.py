@@ -228,7 +228,7 @@ def test_hierarchical_model_sums_the_levels_cross_entropies():
     model = randomize_(ViTYogaForHierarchicalClassification(tiny_config()))
     labels = torch.tensor([[1, 8, 0], [5, 17, 69]])
     out = model(pixels(), labels=labels)
-    assert [tuple(l.shape) for l in out.level_logits] == [(2, 6), (2, 20), (2, 82)]
+    assert [tuple(logits.shape) for logits in out.level_logits] == [(2, 6), (2, 20), (2, 82)]
     expected = sum(F.cross_entropy(logits, labels[:, i]) for i, logits in enumerate(out.level_logits))
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.logits, out.level_logits[-1])
