@@ -1,0 +1,215 @@
+"""prepare and synthetic: the Parquet + dataset card folder loads with datasets.load_dataset, with the hierarchy."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from configuration_vit_yoga import (
+    YOGA82_LABEL_6_NAMES,
+    YOGA82_LABEL_20_NAMES,
+    YOGA82_LABEL_82_NAMES,
+    YOGA82_PARENT_OF_20,
+    YOGA82_PARENT_OF_82,
+)
+from yoga82 import generate_synthetic, prepare
+from yoga82.__main__ import main
+
+COLUMNS = ["image", "image_path", "label_6", "label_20", "label_82"]
+SPLITS = {"train", "validation", "test"}
+POSES = ["Akarna_Dhanurasana", "Sitting pose 1 (normal)", "Crane_(Crow)_Pose_or_Bakasana_"]
+
+
+def labels(pose: str) -> tuple[int, int, int]:
+    label_82 = YOGA82_LABEL_82_NAMES.index(pose)
+    label_20 = YOGA82_PARENT_OF_82[label_82]
+    return YOGA82_PARENT_OF_20[label_20], label_20, label_82
+
+
+def save(path: Path, image: Image.Image, fmt: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+
+
+def assert_yoga82_features(features: datasets.Features) -> None:
+    assert list(features) == COLUMNS
+    assert isinstance(features["image"], datasets.Image)
+    assert features["image_path"] == datasets.Value("string")
+    assert features["label_6"].names == YOGA82_LABEL_6_NAMES
+    assert features["label_20"].names == YOGA82_LABEL_20_NAMES
+    assert features["label_82"].names == YOGA82_LABEL_82_NAMES
+
+
+@pytest.fixture(scope="module")
+def mini_release(tmp_path_factory) -> tuple[Path, Path]:
+    """10 train + 2 test rows per pose; images 80x48 in every format of the web, plus a missing and a corrupt one."""
+    root = tmp_path_factory.mktemp("mini")
+    release, images = root / "release", root / "images"
+    (release / "yoga_dataset_links").mkdir(parents=True)
+    train, test = [], []
+    base = Image.linear_gradient("L").resize((80, 48)).convert("RGB")
+    modes = [("RGB", "JPEG"), ("RGB", "PNG"), ("P", "GIF"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG")]
+    for pose in POSES:
+        for index in range(12):
+            path = f"{pose}/{index}.jpg"  # always a .jpg name, whatever the bytes are
+            mode, fmt = modes[index % len(modes)]
+            save(images / path, base.convert(mode), fmt)
+            (train if index < 10 else test).append(f"{path},{','.join(map(str, labels(pose)))}\r\n")
+    (images / POSES[0] / "3.jpg").unlink()  # never downloaded (train)
+    (images / POSES[1] / "11.jpg").write_bytes(b"<html>not an image</html>")  # test
+    (release / "yoga_train.txt").write_bytes("".join(train).encode())
+    (release / "yoga_test.txt").write_bytes("\r\n".join(test).encode())
+    (release / "yoga_dataset_links" / "x.txt").write_text("a/b.jpg\thttp://127.0.0.1/b.jpg\n")
+    return release, images
+
+
+def test_prepare_round_trips_through_load_dataset(mini_release, tmp_path, monkeypatch):
+    release, images = mini_release
+    uploads = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: f"https://hub/{repo_id}")
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "upload_folder",
+        lambda self, **kw: uploads.append((kw["repo_id"], sorted(p.name for p in Path(kw["folder_path"]).rglob("*")))),
+    )
+    output = tmp_path / "yoga82"
+    argv = ["prepare", "--release_dir", str(release), "--images_dir", str(images), "--output_dir", str(output),
+            "--resize", "32", "--push_to_hub", "someone/yoga82", "--quiet"]
+    assert main(argv) == 0
+
+    dataset = datasets.load_dataset(str(output))
+    assert set(dataset) == SPLITS
+    for split in dataset.values():
+        assert_yoga82_features(split.features)
+    # per pose: 10 official train rows -> 8 train + 2 validation; 2 test rows
+    sizes = {name: Counter(split["label_82"]) for name, split in dataset.items()}
+    akarna, sitting, crane = (YOGA82_LABEL_82_NAMES.index(pose) for pose in POSES)
+    assert sizes["train"][crane] + sizes["validation"][crane] == 10 and sizes["validation"][crane] == 2
+    assert sizes["train"][akarna] + sizes["validation"][akarna] == 9  # the missing image is skipped
+    assert sizes["test"] == {akarna: 2, sitting: 1, crane: 2}  # the HTML one is skipped
+    paths = [path for split in dataset.values() for path in split["image_path"]]
+    assert len(paths) == len(set(paths)) == 34
+
+    for row in dataset["train"]:
+        image = row["image"]
+        assert image.mode == "RGB" and image.format == "JPEG"
+        assert image.size == (53, 32)  # shorter side 32, aspect 80:48 kept
+        assert (row["label_6"], row["label_20"], row["label_82"]) == labels(row["image_path"].split("/")[0])
+
+    counts = json.loads((output / "class_counts.json").read_text())
+    assert counts["splits"]["test"]["num_examples"] == 5
+    assert counts["listed"]["test"]["num_examples"] == 6
+    skipped = counts["skipped"]
+    assert skipped["test"] == {"not_an_image": 1}
+    assert Counter(skipped["train"]) + Counter(skipped["validation"]) == {"missing": 1}
+    assert (output / "class_counts.png").stat().st_size > 0
+    card = huggingface_hub.DatasetCard.load(output / "README.md")
+    assert {c["split"] for c in card.data.configs[0]["data_files"]} == SPLITS
+    assert sorted(p.name for p in (output / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"
+    ]
+    assert uploads and uploads[0][0] == "someone/yoga82" and "README.md" in uploads[0][1]
+
+    # nothing the user made is replaced without asking
+    assert main(argv[:-3]) == 2
+
+
+def test_prepare_keeps_original_size_without_resize(mini_release, tmp_path):
+    release, images = mini_release
+    output = prepare(release, images, tmp_path / "full", resize=None, validation_fraction=0.0)
+    dataset = datasets.load_dataset(str(output))
+    assert set(dataset) == {"train", "test"} and len(dataset["train"]) == 29
+    image = dataset["test"][0]["image"]
+    assert image.size == (80, 48) and image.mode == "RGB"
+
+
+def pixels(folder: Path) -> dict[str, list[tuple[str, bytes, int]]]:
+    dataset = datasets.load_dataset(str(folder))
+    return {
+        name: [(row["image_path"], np.asarray(row["image"]).tobytes(), row["label_82"]) for row in split]
+        for name, split in dataset.items()
+    }
+
+
+def test_synthetic_is_deterministic_fast_and_has_the_real_hierarchy(tmp_path):
+    first = generate_synthetic(tmp_path / "a", images_per_class=4, image_size=32, seed=3, progress=False)
+    second = generate_synthetic(tmp_path / "b", images_per_class=4, image_size=32, seed=3, progress=False)
+    other = generate_synthetic(tmp_path / "c", images_per_class=4, image_size=32, seed=4, progress=False)
+    assert first == tmp_path / "a"
+    for split in SPLITS:
+        table = pq.read_table(next((first / "data").glob(f"{split}-*.parquet")))
+        same = pq.read_table(next((second / "data").glob(f"{split}-*.parquet")))
+        assert table.equals(same)  # identical image bytes and labels
+    assert pixels(first) == pixels(second)
+    assert pixels(first) != pixels(other)
+
+    dataset = datasets.load_dataset(str(first))
+    assert set(dataset) == SPLITS
+    assert {name: len(split) for name, split in dataset.items()} == {"train": 164, "validation": 82, "test": 82}
+    for split in dataset.values():
+        assert_yoga82_features(split.features)
+        assert Counter(split["label_82"]) == Counter({label: len(split) // 82 for label in range(82)})
+        for label_6, label_20, label_82 in zip(split["label_6"], split["label_20"], split["label_82"], strict=True):
+            assert YOGA82_PARENT_OF_82[label_82] == label_20 and YOGA82_PARENT_OF_20[label_20] == label_6
+    image = dataset["train"][0]["image"]
+    assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_synthetic_poses_share_structure_with_their_parents_and_differ_from_their_siblings():
+    from yoga82.synthetic import FAMILIES, pose_angles
+
+    skeletons = [pose_angles(label) for label in range(82)]
+    assert len({tuple(sorted(angles.items())) for angles in skeletons}) == 82  # every pose is drawn differently
+    for label, angles in enumerate(skeletons):
+        family = FAMILIES[YOGA82_PARENT_OF_82[label]]
+        assert angles["torso"] == family.torso  # the level-2 class fixes the body's orientation
+        if family.vary == "arms":  # ...and its legs, when the poses differ by their arms
+            assert (angles["left_thigh"], angles["left_shin"]) == family.left_leg
+    # the body position (level 1) decides whether the figure is upright, head down or lying
+    torso_by_position: dict[int, set[float]] = {}
+    for label_20, family in enumerate(FAMILIES):
+        torso_by_position.setdefault(YOGA82_PARENT_OF_20[label_20], set()).add(family.torso % 360)
+    assert all(180 < torso < 360 for torso in torso_by_position[3])  # inverted: head down
+    assert all(160 <= torso <= 200 for torso in torso_by_position[4])  # reclining: lying
+
+
+def test_synthetic_writes_atomically_and_reuses_a_complete_folder(tmp_path, monkeypatch):
+    import yoga82.export
+
+    target = tmp_path / "synthetic"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(yoga82.export, "_write_plot", crash)
+        with pytest.raises(KeyboardInterrupt):
+            generate_synthetic(target, images_per_class=2, image_size=16, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no half-written folder, no staging leftovers
+
+    generate_synthetic(target, images_per_class=2, image_size=16, progress=False)
+    stamp = (target / "README.md").stat().st_mtime_ns
+    assert generate_synthetic(target, images_per_class=2, image_size=16, progress=False) == target
+    assert (target / "README.md").stat().st_mtime_ns == stamp  # same parameters: reused, not redrawn
+    with pytest.raises(FileExistsError, match="different dataset"):
+        generate_synthetic(target, images_per_class=3, image_size=16, progress=False)
+    generate_synthetic(target, images_per_class=3, image_size=16, progress=False, overwrite=True)
+    assert len(datasets.load_dataset(str(target))["train"]) == 82
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+
+
+def test_synthetic_cli(tmp_path):
+    output = tmp_path / "cli"
+    assert main(["synthetic", "--output_dir", str(output), "--images_per_class", "2", "--image_size", "16",
+                 "--quiet"]) == 0
+    image = Image.open(io.BytesIO(pq.read_table(next((output / "data").glob("train-*"))).column("image")[0]["bytes"]
+                                  .as_py()))
+    assert image.size == (16, 16)

@@ -1,0 +1,27 @@
+"""Yoga-82 as a Hugging Face dataset: release parsing, a safe downloader, Parquet export and synthetic poses.
+
+Run ``python -m yoga82 --help`` for the commands (download, prepare, synthetic).
+"""
+
+from .builder import Yoga82, Yoga82Config, yoga82_features
+from .download import DownloadReport, download_images
+from .export import push_dataset_folder, write_parquet_dataset
+from .prepare import prepare
+from .release import ReleaseError, ReleaseNotFoundError, read_release
+from .synthetic import build_synthetic, generate_synthetic
+
+__all__ = [
+    "DownloadReport",
+    "ReleaseError",
+    "ReleaseNotFoundError",
+    "Yoga82",
+    "Yoga82Config",
+    "build_synthetic",
+    "download_images",
+    "generate_synthetic",
+    "prepare",
+    "push_dataset_folder",
+    "read_release",
+    "write_parquet_dataset",
+    "yoga82_features",
+]

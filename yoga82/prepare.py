@@ -1,0 +1,84 @@
+"""``prepare``: the downloaded Yoga-82 images -> a Parquet dataset folder with a dataset card (optionally pushed)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from .builder import DESCRIPTION, Yoga82
+from .export import push_dataset_folder, write_parquet_dataset
+from .release import read_release
+
+logger = logging.getLogger(__name__)
+
+
+def prepare(
+    release_dir: str | Path,
+    images_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    resize: int | None = 256,
+    validation_fraction: float = 0.2,
+    seed: int = 42,
+    push_to_hub: str | None = None,
+    private: bool | None = None,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Build Yoga-82 from ``release_dir`` + ``images_dir`` and write it to ``output_dir`` (see export.py).
+
+    With ``validation_fraction=0`` there is no validation split (datasets cannot load an empty Parquet split).
+    ``resize`` scales each image's shorter side to that many pixels (JPEG); None keeps the originals (as RGB).
+    Missing and undecodable images are skipped; their number per split is in the card and class_counts.json.
+    """
+    output_dir = Path(output_dir)
+    # Fail on what the user can fix before decoding thousands of images.
+    read_release(release_dir, with_links=False)
+    if not Path(images_dir).is_dir():
+        raise FileNotFoundError(f"No images folder at {images_dir}: run `python -m yoga82 download` first.")
+    if resize is not None and resize < 1:
+        raise ValueError(f"--resize must be a positive number of pixels, got {resize}")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"--validation_fraction must be in [0, 1), got {validation_fraction}")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already exists and is not empty; choose another --output_dir or pass --overwrite."
+        )
+
+    # A private, throw-away Arrow cache: the folder written below is the product, and a stale cache keyed on
+    # folder names could silently miss newly downloaded images.
+    with tempfile.TemporaryDirectory(prefix="yoga82-build-") as cache_dir:
+        builder = Yoga82(
+            cache_dir=cache_dir,
+            release_dir=str(Path(release_dir).resolve()),
+            images_dir=str(Path(images_dir).resolve()),
+            validation_fraction=validation_fraction, seed=seed, resize=resize, num_workers=num_workers,
+        )
+        builder.download_and_prepare()
+        dataset_dict = builder.as_dataset()
+        skipped = {split: dict(counter) for split, counter in builder.skipped.items()}
+        size_note = f"Images are resized so that their shorter side is {resize} px (JPEG)." if resize else (
+            "Images are stored at their original size, as RGB."
+        )
+        write_parquet_dataset(
+            dataset_dict,
+            output_dir,
+            pretty_name="Yoga-82",
+            description=(
+                f"{DESCRIPTION} Built from the official release with `python -m yoga82 prepare`: `test` is the "
+                f"official test split; `validation` is {validation_fraction:.0%} of the official train split, "
+                f"stratified by pose (seed {seed}). {size_note} Images that were no longer online, or not valid "
+                "images, are left out; the table below compares what is here with what the release lists."
+            ),
+            listed_counts=builder.listed,
+            extra_counts={
+                "skipped": skipped, "resize": resize, "validation_fraction": validation_fraction, "seed": seed
+            },
+            overwrite=overwrite,
+        )
+        del dataset_dict, builder  # release the memory-mapped Arrow files before the cache folder goes
+    if push_to_hub:
+        url = push_dataset_folder(output_dir, push_to_hub, private=private)
+        logger.info("Pushed %s to %s", output_dir, url)
+    return output_dir
