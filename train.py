@@ -278,9 +278,10 @@ def find_label_columns(dataset: datasets.DatasetDict, data_args: DataArguments) 
             class_label = datasets.ClassLabel(names=[str(v) for v in values])
             ids = {value: i for i, value in enumerate(values)}
             for split in dataset:
+                features = dataset[split].features.copy()
+                features[column] = class_label
                 dataset[split] = dataset[split].map(
-                    _encode_labels, batched=True, fn_kwargs={"column": column, "ids": ids},
-                    features=dataset[split].features.copy() | {column: class_label},
+                    _encode_labels, batched=True, fn_kwargs={"column": column, "ids": ids}, features=features
                 )
     return columns
 
@@ -832,8 +833,8 @@ def _apply_synthetic_defaults(model_args, data_args, training_args, argv: list[s
             data_args.image_size = data_args.synthetic_image_size
         chosen.append(f"model vit-pico at {data_args.image_size} px")
     for name, value in (("per_device_train_batch_size", 32), ("per_device_eval_batch_size", 128),
-                        ("num_train_epochs", 20.0), ("learning_rate", 1e-3), ("warmup_steps", 100),
-                        ("rand_augment_ops", 1)):
+                        ("num_train_epochs", 15.0), ("learning_rate", 1e-3), ("warmup_steps", 100),
+                        ("rand_augment_ops", 0)):
         if not flag_given(name, argv):
             setattr(data_args if hasattr(data_args, name) else training_args, name, value)
             chosen.append(f"{name}={value}")

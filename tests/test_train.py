@@ -269,3 +269,16 @@ def test_checkpoint_that_cannot_be_used(poses, tmp_path):
     ViTYogaForImageClassification(other).save_pretrained(tmp_path / "other")
     with pytest.raises(SystemExit, match="another label hierarchy"):
         train.main(tiny_args(poses, tmp_path / "o2", "--init_from", str(tmp_path / "other")))
+
+
+def test_string_labels_of_another_data_set_get_class_names(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)) for _ in range(12)]
+    rows = {"photo": images, "pose": ["tree", "crow", "plank"] * 4}
+    folder = tmp_path / "poses"
+    folder.mkdir()
+    datasets.Dataset.from_dict(rows).cast_column("photo", datasets.Image()).to_parquet(folder / "train.parquet")
+    train.main(tiny_args(folder, tmp_path / "out", "--label_column", "pose", "--validation_fraction", "0.25"))
+    config = read_json(tmp_path / "out" / "config.json")
+    assert sorted(config["id2label"].values()) == ["crow", "plank", "tree"]
+    assert config["label_level"] is None and config["hierarchy_levels"] == []
