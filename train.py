@@ -125,6 +125,8 @@ class YogaTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = "accuracy"
     greater_is_better: bool | None = True
     remove_unused_columns: bool = False
+    # Decoding and augmenting 256 px JPEGs costs a few ms per image: feed the model from several processes.
+    dataloader_num_workers: int = min(8, os.cpu_count() or 1)
 
 
 def flag_given(name: str, argv: list[str] | None = None) -> bool:
@@ -595,7 +597,9 @@ def write_model_card(
         tags=["vision", "image-classification", "vit", "yoga-82", "custom_code"], metrics=["accuracy"],
         datasets=[data_args.dataset_name] if data_args.dataset_name != "synthetic" else None,
         eval_results=eval_results or None,
-        base_model=config.init_lineage[-1]["checkpoint"] if config.init_lineage else None,
+        # The Hub validates base_model as a repo id: name it only when we started from one, not from a local folder.
+        base_model=next((step["checkpoint"] for step in reversed(config.init_lineage)
+                         if not Path(step["checkpoint"]).exists()), None),
     )
     table = ["| split | level | top-1 | top-5 | implied coarser levels |", "|---|---|---|---|---|"]
     for split, levels in results.items():
@@ -626,7 +630,7 @@ def write_model_card(
 A from-scratch Vision Transformer (ViTYoga: {config.num_hidden_layers} layers, width {config.hidden_size},
 {config.num_attention_heads} heads, patch {config.patch_size}, {config.image_size} px; {params:,} parameters)
 classifying yoga poses at level(s) {', '.join(label_columns)} of the Yoga-82 hierarchy
-(6 body positions → 20 variations → 82 poses). Trained with [vit-yoga](https://github.com/) `train.py`.
+(6 body positions → 20 variations → 82 poses). Trained with the vit-yoga project's `train.py`.
 
 ## Results
 
@@ -834,7 +838,7 @@ def _apply_synthetic_defaults(model_args, data_args, training_args, argv: list[s
         chosen.append(f"model vit-pico at {data_args.image_size} px")
     for name, value in (("per_device_train_batch_size", 32), ("per_device_eval_batch_size", 128),
                         ("num_train_epochs", 15.0), ("learning_rate", 1e-3), ("warmup_steps", 100),
-                        ("rand_augment_ops", 0)):
+                        ("rand_augment_ops", 0), ("dataloader_num_workers", 0)):
         if not flag_given(name, argv):
             setattr(data_args if hasattr(data_args, name) else training_args, name, value)
             chosen.append(f"{name}={value}")
