@@ -13,11 +13,11 @@ transformers' attention interface, so ``attn_implementation`` may be "eager", "s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ViTImageProcessor
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.image_utils import PILImageResampling
@@ -25,6 +25,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
+
+if TYPE_CHECKING:
+    from transformers import ViTImageProcessor
 
 try:  # as a package (a Hub checkpoint loaded with trust_remote_code)
     from .configuration_vit_yoga import ViTYogaConfig
@@ -137,11 +140,14 @@ class ViTYogaAttention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, num_queries: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``num_queries``: attend from the first tokens only (every token is still a key and a value)."""
         batch_size, num_tokens, width = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, tokens, head_dim)
+        if num_queries is not None:
+            query = query[:, :, :num_queries]
 
         implementation = self.config._attn_implementation or "sdpa"
         if output_attentions and implementation != "eager":
@@ -162,7 +168,7 @@ class ViTYogaAttention(nn.Module):
             scaling=self.scaling,
             is_causal=False,
         )
-        attn_output = self.proj(attn_output.reshape(batch_size, num_tokens, width))
+        attn_output = self.proj(attn_output.reshape(batch_size, query.shape[2], width))
         return attn_output, attn_weights if output_attentions else None
 
 
@@ -209,9 +215,12 @@ class ViTYogaLayer(GradientCheckpointingLayer):
         self.drop_path = ViTYogaDropPath(drop_path_rate)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, num_queries: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        """``num_queries``: compute only the first tokens' outputs (the class token's, for the last block)."""
+        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), output_attentions, num_queries)
+        if num_queries is not None:
+            hidden_states = hidden_states[:, :num_queries]
         hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
@@ -280,8 +289,14 @@ class ViTYogaModel(ViTYogaPreTrainedModel):
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         return_dict: bool | None = None,
+        pooled_only: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
+        """``pooled_only=True`` (what the classifiers pass): only ``pooler_output`` is needed, so the last block
+        computes the class token's output alone; ``last_hidden_state`` then holds just that token. Exact: the other
+        tokens' final states feed nothing the class token reads. It skips about three quarters of the last block
+        (its keys and values still cover every token), ~6% of the model's FLOPs, forward and backward. Ignored when
+        hidden states or attention maps are requested."""
         if pixel_values is None:
             raise ValueError("ViTYoga needs pixel_values (batch, channels, height, width).")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -294,8 +309,10 @@ class ViTYogaModel(ViTYogaPreTrainedModel):
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, output_attentions)
+        last_layer_queries = 1 if pooled_only and not (output_hidden_states or output_attentions) else None
+        for index, layer in enumerate(self.layers):
+            num_queries = last_layer_queries if index == len(self.layers) - 1 else None
+            hidden_states, attn_weights = layer(hidden_states, output_attentions, num_queries=num_queries)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -341,6 +358,7 @@ class ViTYogaForImageClassification(ViTYogaPreTrainedModel):
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
             return_dict=True,
+            pooled_only=True,
         )
         logits = self.classifier(outputs.pooler_output)
         loss = None
@@ -407,6 +425,7 @@ class ViTYogaForHierarchicalClassification(ViTYogaPreTrainedModel):
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
             return_dict=True,
+            pooled_only=True,
         )
         level_logits = tuple(head(outputs.pooler_output) for head in self.classifiers)
         loss = level_losses = None
@@ -438,6 +457,8 @@ def vit_yoga_image_processor(
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
 ) -> ViTImageProcessor:
     """The image processor a checkpoint ships with: resize to the model's size, rescale to [0, 1], normalise."""
+    from transformers import ViTImageProcessor  # here, not at the top: it costs half of this module's import time
+
     return ViTImageProcessor(
         do_resize=True,
         size={"height": config.image_size, "width": config.image_size},

@@ -167,7 +167,9 @@ class ImageTransform:
         if train:
             steps += [v2.RandomCrop(image_size), v2.RandomHorizontalFlip()]
             if rand_augment_ops > 0:
-                steps.append(v2.RandAugment(num_ops=rand_augment_ops))
+                # PIL's kernels for RandAugment's affine ops, Sharpness and AutoContrast are 3-20x faster than
+                # torchvision's tensor ones at 224 px (benchmarks/bench_data.py); the round trip costs ~0.07 ms.
+                steps += [v2.ToPILImage(), v2.RandAugment(num_ops=rand_augment_ops), v2.PILToTensor()]
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(image_mean), list(image_std))]
         self.pipeline = v2.Compose(steps)
 
