@@ -839,7 +839,7 @@ def _apply_synthetic_defaults(model_args, data_args, training_args, argv: list[s
             data_args.image_size = data_args.synthetic_image_size
         chosen.append(f"model vit-pico at {data_args.image_size} px")
     for name, value in (("per_device_train_batch_size", 32), ("per_device_eval_batch_size", 128),
-                        ("num_train_epochs", 15.0), ("learning_rate", 1e-3), ("warmup_steps", 100),
+                        ("num_train_epochs", 60.0), ("learning_rate", 1e-3), ("warmup_steps", 100),
                         ("rand_augment_ops", 0), ("dataloader_num_workers", 0)):
         if not flag_given(name, argv):
             setattr(data_args if hasattr(data_args, name) else training_args, name, value)

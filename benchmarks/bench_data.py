@@ -10,14 +10,14 @@ prepared data set stores them. On each set it times, in one process with one thr
 gets), interleaved in rounds:
 
 - ``train``: train.py's ``build_image_transform(224, train=True)`` on ``{"bytes", "path"}`` dicts, exactly what a
-  datasets ``Image(decode=False)`` column hands it: JPEG draft-mode decoding, uint8 resize/crop/flip/RandAugment,
-  one conversion to float at the end;
+  datasets ``Image(decode=False)`` column hands it: JPEG draft-mode decoding, uint8 resize/crop/flip, RandAugment
+  on PIL, one conversion to float at the end;
 - ``eval``: the same with ``train=False`` (decode, resize, normalise);
 - ``train-full-decode``: the train transform given an already fully decoded PIL image (no draft mode): what draft
   mode saves;
 - ``train-float-first``: the same augmentations on a float tensor converted right after decoding (the common
   ``ToTensor()``-first order): what staying in uint8 saves;
-- ``train-pil-randaugment``: the train transform with RandAugment run on a PIL image (a proposed change);
+- ``train-tensor-randaugment``: the train transform with RandAugment on the uint8 tensor instead of a PIL image;
 - ``vit-image-processor``: PIL decode plus the ``ViTImageProcessor`` a ViTYoga checkpoint ships with (resize,
   rescale, normalise; no augmentation), the path through transformers (torchvision-backed since transformers 5);
 - ``vit-image-processor-pil``: the same through ``ViTImageProcessorPil`` (numpy/PIL, transformers' older path).
@@ -122,11 +122,11 @@ def float_first_transform(image_size: int) -> v2.Compose:
     ])
 
 
-def pil_randaugment_transform(image_size: int) -> Callable[[Any], torch.Tensor] | None:
-    """The change this benchmark proposes for train.py: RandAugment on a PIL image, the rest as train.py does it.
+def tensor_randaugment_transform(image_size: int) -> Callable[[Any], torch.Tensor] | None:
+    """train.py's transform as it was before, with RandAugment on the uint8 tensor: what running it on PIL saves.
 
     torchvision's tensor kernels for RandAugment's affine ops (grid_sample in float), Sharpness (a float conv) and
-    AutoContrast are 3 to 20 times slower than PIL's at 224 px on one thread, and the round trip costs ~0.07 ms.
+    AutoContrast are 3 to 20 times slower than PIL's at 224 px on one thread; the PIL round trip costs ~0.07 ms.
     """
     try:
         from train import CROP_RATIO, decode_image
@@ -135,7 +135,7 @@ def pil_randaugment_transform(image_size: int) -> Callable[[Any], torch.Tensor] 
     load_size = round(image_size * CROP_RATIO)
     pipeline = v2.Compose([
         v2.PILToTensor(), v2.Resize((load_size, load_size), antialias=True), v2.RandomCrop(image_size),
-        v2.RandomHorizontalFlip(), v2.ToPILImage(), v2.RandAugment(num_ops=2), v2.PILToTensor(),
+        v2.RandomHorizontalFlip(), v2.RandAugment(num_ops=2),
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(IMAGE_MEAN), list(IMAGE_STD)),
     ])
     return lambda image: pipeline(decode_image(image, load_size))
@@ -149,7 +149,7 @@ def pipelines(image_size: int) -> dict[str, Callable[[Path], torch.Tensor]]:
     train = build_image_transform(image_size, True, IMAGE_MEAN, IMAGE_STD)
     evaluate = build_image_transform(image_size, False, IMAGE_MEAN, IMAGE_STD)
     float_first = float_first_transform(image_size)
-    pil_randaugment = pil_randaugment_transform(image_size)
+    tensor_randaugment = tensor_randaugment_transform(image_size)
     processor = vit_yoga_image_processor(ViTYogaConfig(image_size=image_size), IMAGE_MEAN, IMAGE_STD)
 
     def as_datasets_dict(path: Path) -> dict[str, Any]:
@@ -166,8 +166,8 @@ def pipelines(image_size: int) -> dict[str, Callable[[Path], torch.Tensor]]:
         "train-float-first": lambda path: float_first(full_decode(path)),
         "vit-image-processor": lambda path: processor(full_decode(path), return_tensors="pt")["pixel_values"][0],
     }
-    if pil_randaugment is not None:
-        variants["train-pil-randaugment"] = lambda path: pil_randaugment(as_datasets_dict(path))
+    if tensor_randaugment is not None:
+        variants["train-tensor-randaugment"] = lambda path: tensor_randaugment(as_datasets_dict(path))
     try:  # transformers >= 5 also has the numpy/PIL implementation (what every processor was before 5.0)
         from transformers import ViTImageProcessorPil
     except ImportError:
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         image_set: {
             f"{name}_vs_{reference}": results[name]["images_per_cpu_s"] / results[reference]["images_per_cpu_s"]
             for reference in ("vit-image-processor", "vit-image-processor-pil") if reference in results
-            for name in ("train", "eval", "train-pil-randaugment") if name in results
+            for name in ("train", "eval", "train-tensor-randaugment") if name in results
         }
         | {
             "draft_decode_speedup": results["train"]["images_per_cpu_s"]
