@@ -729,6 +729,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Without this, Trainer on a GPU-less machine runs N independent copies instead of one distributed run.
         training_args.use_cpu = True
         training_args.__dict__.pop("_setup_devices", None)
+    if "ACCELERATE_DYNAMO_BACKEND" in os.environ and not torch.cuda.is_available() and torch.get_num_threads() == 1:
+        # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1, which halves CPU training speed on 2 cores:
+        # share the cores between the processes instead.
+        threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        torch.set_num_threads(threads)
+        logger.info(f"CPU training: {threads} threads per process (accelerate launch had set 1).")
     level_name = data_args.label_column or f"level{data_args.label_level}".replace("levelall", "all")
     if training_args.output_dir is None:
         training_args.output_dir = str(Path("runs") / level_name)
