@@ -228,23 +228,32 @@ def load_source(
     return reference, converted, mean_std
 
 
-def _timm_reference_from_state(state: dict[str, torch.Tensor], config: ViTYogaConfig) -> nn.Module | None:
-    """The timm model the file belongs to, to check the conversion against; None when timm is not installed."""
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:
-        return None
-    model = VisionTransformer(
+def timm_vit_from_config(config: ViTYogaConfig, num_classes: int | None = None) -> nn.Module:
+    """timm's ``VisionTransformer`` with the sizes of ``config`` (randomly initialised)."""
+    from functools import partial
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
         img_size=config.image_size,
         patch_size=config.patch_size,
         in_chans=config.num_channels,
+        num_classes=config.num_labels if num_classes is None else num_classes,
         embed_dim=config.hidden_size,
         depth=config.num_hidden_layers,
         num_heads=config.num_attention_heads,
         mlp_ratio=config.intermediate_size / config.hidden_size,
         qkv_bias=config.qkv_bias,
-        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+        norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps),
     )
+
+
+def _timm_reference_from_state(state: dict[str, torch.Tensor], config: ViTYogaConfig) -> nn.Module | None:
+    """The timm model the file belongs to, to check the conversion against; None when timm is not installed."""
+    try:
+        model = timm_vit_from_config(config, state["head.weight"].shape[0] if "head.weight" in state else 0)
+    except ImportError:
+        return None
     model.load_state_dict(state)
     return model
 

@@ -88,22 +88,9 @@ def build_model(implementation: str, config: ViTYogaConfig) -> nn.Module:
         )
         return ViTForImageClassification(vit_config)
     if implementation == "timm":
-        from functools import partial
+        from convert_vit_checkpoint import timm_vit_from_config
 
-        from timm.models.vision_transformer import VisionTransformer
-
-        return VisionTransformer(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            in_chans=config.num_channels,
-            num_classes=config.num_labels,
-            embed_dim=config.hidden_size,
-            depth=config.num_hidden_layers,
-            num_heads=config.num_attention_heads,
-            mlp_ratio=config.intermediate_size / config.hidden_size,
-            qkv_bias=config.qkv_bias,
-            norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps),
-        )
+        return timm_vit_from_config(config)
     raise ValueError(f"Unknown implementation {implementation!r}; choose from {IMPLEMENTATIONS}.")
 
 
