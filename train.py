@@ -129,10 +129,11 @@ class YogaTrainingArguments(TrainingArguments):
     dataloader_num_workers: int = min(8, os.cpu_count() or 1)
 
 
-def flag_given(name: str, argv: list[str] | None = None) -> bool:
-    """Whether the user set ``--name`` on the command line (so that a data-dependent default never overrides it)."""
-    argv = sys.argv[1:] if argv is None else argv
-    return any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv)
+def given_flags(argv: list[str]) -> set[str]:
+    """The options the user set, on the command line or in a JSON file, so that a default never overrides them."""
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return set(json.loads(Path(argv[0]).read_text()))
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
 
 
 # ---------------------------------------------------------------------------------------------------- input pipeline
@@ -736,14 +737,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
         logger.info(f"CPU training: {threads} threads per process (accelerate launch had set 1).")
     level_name = data_args.label_column or f"level{data_args.label_level}".replace("levelall", "all")
-    if training_args.output_dir is None:
+    given = given_flags(argv)
+    if "output_dir" not in given:  # TrainingArguments would have defaulted to "trainer_output"
         training_args.output_dir = str(Path("runs") / level_name)
     output_dir = Path(training_args.output_dir)
     if model_args.model_preset and model_args.model_preset not in VIT_YOGA_PRESETS:
         raise SystemExit(f"error: --model_preset {model_args.model_preset!r} is unknown; choose one of "
                          f"{sorted(VIT_YOGA_PRESETS)}.")
     if data_args.dataset_name == "synthetic" and not data_args.train_dir:
-        _apply_synthetic_defaults(model_args, data_args, training_args, argv)
+        _apply_synthetic_defaults(model_args, data_args, training_args, given)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder once
     resume = resolve_resume(training_args)
     set_seed(training_args.seed)
@@ -836,7 +838,7 @@ def _init_processor(init_from: str | None):
         return None
 
 
-def _apply_synthetic_defaults(model_args, data_args, training_args, argv: list[str]) -> None:
+def _apply_synthetic_defaults(model_args, data_args, training_args, given: set[str]) -> None:
     """Out of the box (no data set given): a CPU-sized model and schedule for the built-in synthetic poses."""
     chosen = []
     if not model_args.model_preset and not model_args.init_from:
@@ -847,7 +849,7 @@ def _apply_synthetic_defaults(model_args, data_args, training_args, argv: list[s
     for name, value in (("per_device_train_batch_size", 32), ("per_device_eval_batch_size", 128),
                         ("num_train_epochs", 60.0), ("learning_rate", 1e-3), ("warmup_steps", 100),
                         ("rand_augment_ops", 0), ("dataloader_num_workers", 0)):
-        if not flag_given(name, argv):
+        if name not in given:
             setattr(data_args if hasattr(data_args, name) else training_args, name, value)
             chosen.append(f"{name}={value}")
     logger.warning(f"No data set given: training on the built-in synthetic poses with {', '.join(chosen)} "

@@ -87,9 +87,13 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog)
     assert {"test_implied_label_20_accuracy", "test_implied_label_6_accuracy"} <= set(results3)
 
 
-def test_level2_and_all_levels(poses, tmp_path):
-    out = train.main(tiny_args(poses, tmp_path / "level2", "--label_level", "2"))
+def test_level2_and_all_levels(poses, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # without --output_dir, the run goes to runs/level2
+    args = tiny_args(poses, tmp_path / "unused", "--label_level", "2")
+    out = train.main(args[:2] + args[4:])
     assert out["results"]["test"]["label_20"]["num_examples"] == 82
+    assert (tmp_path / "runs" / "level2" / "model.safetensors").exists()
+    assert not (tmp_path / "trainer_output").exists()
 
     out = train.main(tiny_args(poses, tmp_path / "all", "--label_level", "all"))
     levels = out["results"]["test"]
