@@ -286,3 +286,23 @@ def test_string_labels_of_another_data_set_get_class_names(tmp_path):
     config = read_json(tmp_path / "out" / "config.json")
     assert sorted(config["id2label"].values()) == ["crow", "plank", "tree"]
     assert config["label_level"] is None and config["hierarchy_levels"] == []
+
+
+def test_fine_tune_from_a_converted_transformers_vit(poses, tmp_path):
+    """The ImageNet route: convert_vit_checkpoint.py's output is a valid --init_from (its normalisation kept)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    import convert_vit_checkpoint
+
+    source = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2,
+                                                 num_attention_heads=3, intermediate_size=96, num_labels=10))
+    source.save_pretrained(tmp_path / "hf")
+    assert convert_vit_checkpoint.main(["--source", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "in1k")]) == 0
+    out_dir = tmp_path / "from_in1k"
+    train.main(tiny_args(poses, out_dir, "--label_level", "1", "--init_from", str(tmp_path / "in1k")))
+    config = read_json(out_dir / "config.json")
+    assert len(config["id2label"]) == 6
+    assert config["init_lineage"][0]["num_labels"] == 10 and config["init_lineage"][0]["head"] == "re-initialised"
+    assert config["layer_norm_eps"] == 1e-12  # the source's, not our default
+    weights = load_file(out_dir / "model.safetensors")
+    assert weights["classifier.weight"].shape == (6, 48)
