@@ -371,6 +371,12 @@ def build_model(
         return model_class._from_config(config, attn_implementation=model_args.attn_implementation)
 
     try:
+        source_dict, _ = ViTYogaConfig.get_config_dict(model_args.init_from)
+        if source_dict.get("model_type") != ViTYogaConfig.model_type:
+            raise ValueError(
+                f"it is a {source_dict.get('model_type')!r} checkpoint, not a ViTYoga one; convert it first with "
+                "`python convert_vit_checkpoint.py --source ... --output_dir ...`"
+            )
         source = ViTYogaConfig.from_pretrained(model_args.init_from)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: --init_from {model_args.init_from}: {error}") from None
@@ -390,8 +396,7 @@ def build_model(
     if unknown:
         raise SystemExit(f"error: --config_overrides names fields ViTYogaConfig lacks: {sorted(unknown)}.")
     same_head = (
-        type(source).__name__ == "ViTYogaConfig"
-        and not hierarchical
+        not hierarchical
         and source.num_labels == len(names)
         and source.id2label == labels["id2label"]
         and "ViTYogaForImageClassification" in (source.architectures or [])

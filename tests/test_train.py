@@ -306,3 +306,5 @@ def test_fine_tune_from_a_converted_transformers_vit(poses, tmp_path):
     assert config["layer_norm_eps"] == 1e-12  # the source's, not our default
     weights = load_file(out_dir / "model.safetensors")
     assert weights["classifier.weight"].shape == (6, 48)
+    with pytest.raises(SystemExit, match="'vit' checkpoint, not a ViTYoga one; convert it first"):
+        train.main(tiny_args(poses, tmp_path / "raw", "--init_from", str(tmp_path / "hf")))
