@@ -433,6 +433,8 @@ class HierarchicalMetrics:
     def __init__(self, label_columns: list[str], class_names: list[list[str]], config: ViTYogaConfig) -> None:
         self.metric = evaluate.load(str(METRIC_PATH))
         self.label_columns, self.class_names, self.config = label_columns, class_names, config
+        self.per_class = False  # set for the final evaluations: per-class accuracy goes to the results files
+        self.last_per_level: dict[str, dict[str, Any]] = {}
 
     def level_kwargs(self, column: str) -> dict[str, Any]:
         config = self.config
@@ -460,11 +462,13 @@ class HierarchicalMetrics:
         return results
 
     def __call__(self, eval_prediction) -> dict[str, float]:
-        results = self.per_level(eval_prediction.predictions, eval_prediction.label_ids)
+        results = self.per_level(eval_prediction.predictions, eval_prediction.label_ids, self.per_class)
+        self.last_per_level = results
         flat: dict[str, float] = {}
         for column, result in results.items():
             prefix = "" if len(results) == 1 else f"{column}_"
-            flat.update({f"{prefix}{k}": v for k, v in result.items() if k != "num_examples"})
+            flat.update({f"{prefix}{k}": v for k, v in result.items()
+                         if k != "num_examples" and not k.startswith("per_class")})
         if len(results) > 1:  # the finest level drives model selection and early stopping
             flat["accuracy"] = results[self.label_columns[-1]]["accuracy"]
         return flat
@@ -801,12 +805,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     plots = plot_history(trainer.state.log_history, output_dir) if trainer.is_world_process_zero() else []
+    metrics.per_class = True
     for split, prefix in (("validation", "eval"), ("test", "test")):
         if split not in dataset:
             logger.info(f"No {split} split: skipping its evaluation.")
             continue
         prediction = trainer.predict(dataset[split], metric_key_prefix=prefix)
-        per_level = metrics.per_level(prediction.predictions, prediction.label_ids, per_class=True)
+        per_level = metrics.last_per_level
         results[split] = per_level
         split_metrics = dict(prediction.metrics, **{f"{prefix}_samples": len(dataset[split])})
         split_metrics[f"{prefix}_per_level"] = per_level
