@@ -67,6 +67,11 @@ class ModelArguments:
                           "re-initialised."},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flash_attention_2, ..."})
+    hidden_dropout_prob: float | None = field(
+        default=None,
+        metadata={"help": "Dropout on the embeddings and after attention and MLP. Default: the report's 0.1 for a new "
+                          "model (0 on the synthetic poses), the checkpoint's value with --init_from."},
+    )
 
 
 @dataclass
@@ -357,6 +362,10 @@ def build_model(
     hierarchy_kwargs = dict(hierarchy_levels=levels, hierarchy_class_names=level_names, hierarchy_parents=parents)
     model_class = ViTYogaForHierarchicalClassification if hierarchical else ViTYogaForImageClassification
     overrides = parse_overrides(model_args.config_overrides)
+    if model_args.hidden_dropout_prob is not None:
+        overrides["hidden_dropout_prob"] = model_args.hidden_dropout_prob
+    elif not model_args.init_from:
+        overrides.setdefault("hidden_dropout_prob", 0.1)  # the report's recipe
     if data_args.image_size:
         overrides["image_size"] = data_args.image_size
 
@@ -856,6 +865,9 @@ def _apply_synthetic_defaults(model_args, data_args, training_args, given: set[s
         if not data_args.image_size:
             data_args.image_size = data_args.synthetic_image_size
         chosen.append(f"model vit-pico at {data_args.image_size} px")
+    if "hidden_dropout_prob" not in given and not model_args.init_from:
+        model_args.hidden_dropout_prob = 0.0  # a few thousand clean drawings: dropout only slows learning down
+        chosen.append("hidden_dropout_prob=0.0")
     for name, value in (("per_device_train_batch_size", 32), ("per_device_eval_batch_size", 128),
                         ("num_train_epochs", 60.0), ("learning_rate", 1e-3), ("warmup_steps", 100),
                         ("rand_augment_ops", 0), ("dataloader_num_workers", 0)):

@@ -63,6 +63,7 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog)
         "Standing", "Sitting", "Balancing", "Inverted", "Reclining", "Wheel"}
     config1 = read_json(level1 / "config.json")
     assert config1["label_level"] == "label_6" and config1["id2label"]["5"] == "Wheel"
+    assert config1["hidden_dropout_prob"] == 0.1  # the report's recipe
 
     # Fine-tuning on level 3: the backbone is level 1's, the head is new, the lineage is recorded.
     data_args = train.DataArguments(dataset_name=str(poses), label_level="3")
