@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from configuration_vit_yoga import YOGA82_LABEL_82_NAMES, YOGA82_PARENT_OF_20, YOGA82_PARENT_OF_82
 from yoga82.download import download_images
+from yoga82.labels import LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 from yoga82.prepare import prepare
 from yoga82.synthetic import build_synthetic, generate_synthetic
 
@@ -58,7 +58,7 @@ def serve(body: bytes, latency: float) -> http.server.ThreadingHTTPServer:
 
 
 def release_rows(count: int) -> list[tuple[str, int]]:
-    return [(f"{YOGA82_LABEL_82_NAMES[i % 82]}/{i}.jpg", i % 82) for i in range(count)]
+    return [(f"{LABEL_82_NAMES[i % 82]}/{i}.jpg", i % 82) for i in range(count)]
 
 
 def write_release(root: Path, rows: list[tuple[str, int]], url: str) -> None:
@@ -67,8 +67,8 @@ def write_release(root: Path, rows: list[tuple[str, int]], url: str) -> None:
     (links / "all.txt").write_text("".join(f"{path}\t{url}/{i}.jpg\n" for i, (path, _) in enumerate(rows)))
     lines = []
     for path, label_82 in rows:
-        label_20 = YOGA82_PARENT_OF_82[label_82]
-        lines.append(f"{path},{YOGA82_PARENT_OF_20[label_20]},{label_20},{label_82}\n")
+        label_20 = PARENT_OF_82[label_82]
+        lines.append(f"{path},{PARENT_OF_20[label_20]},{label_20},{label_82}\n")
     cut = len(lines) * 3 // 4
     (root / "yoga_train.txt").write_text("".join(lines[:cut]))
     (root / "yoga_test.txt").write_text("".join(lines[cut:]))

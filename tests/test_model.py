@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 import convert_vit_checkpoint
-from configuration_vit_yoga import YOGA82_LABEL_82_NAMES, YOGA82_PARENT_OF_20, YOGA82_PARENT_OF_82, ViTYogaConfig
+import yoga82
+from configuration_vit_yoga import ViTYogaConfig
 from convert_vit_checkpoint import convert_timm_vit, convert_transformers_vit, max_abs_difference
 from modeling_vit_yoga import (
     ViTYogaForHierarchicalClassification,
@@ -24,13 +25,15 @@ from modeling_vit_yoga import (
     ViTYogaModel,
     vit_yoga_image_processor,
 )
+from yoga82.labels import LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 
 TINY = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
             intermediate_size=96)
 
 
 def tiny_config(**overrides) -> ViTYogaConfig:
-    return ViTYogaConfig(**{**TINY, **overrides})
+    """A tiny ViT with Yoga-82's label hierarchy."""
+    return ViTYogaConfig(**{**TINY, **yoga82.hierarchy(), **overrides})
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -49,8 +52,9 @@ def pixels(batch: int = 2, size: int = 32, seed: int = 1) -> torch.Tensor:
 # ---------------------------------------------------------------- config
 
 
-def test_default_config_is_vit_ti16_on_yoga82():
-    config = ViTYogaConfig()
+def test_default_config_is_vit_ti16_and_takes_yoga82s_hierarchy():
+    assert ViTYogaConfig().hierarchy_levels == []  # the hierarchy is the data's, not the model code's
+    config = ViTYogaConfig(**yoga82.hierarchy())
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (12, 192, 768)
     assert (config.num_attention_heads, config.patch_size, config.image_size) == (3, 16, 224)
     assert config.hierarchy_sizes == [6, 20, 82]
@@ -59,7 +63,7 @@ def test_default_config_is_vit_ti16_on_yoga82():
 
 def test_label_level_names_the_classes_and_survives_save(tmp_path):
     config = tiny_config(label_level="label_82")
-    assert config.num_labels == 82 and config.id2label[81] == YOGA82_LABEL_82_NAMES[81]
+    assert config.num_labels == 82 and config.id2label[81] == LABEL_82_NAMES[81]
     config.save_pretrained(tmp_path)
     again = ViTYogaConfig.from_pretrained(tmp_path)
     assert again.id2label == config.id2label and again.hierarchy_parents == config.hierarchy_parents
@@ -75,9 +79,9 @@ def test_presets(name, expected):
     [
         (dict(image_size=30), "not divisible by patch_size"),
         (dict(hidden_size=50), "not divisible by num_attention_heads"),
-        (dict(hierarchy_parents=[YOGA82_PARENT_OF_20, YOGA82_PARENT_OF_82[:81]]), "gives 81 parents"),
-        (dict(hierarchy_parents=[YOGA82_PARENT_OF_20[:19] + [6], YOGA82_PARENT_OF_82]), "has parent 6"),
-        (dict(hierarchy_parents=[YOGA82_PARENT_OF_20, [0] * 82]), "have no child"),
+        (dict(hierarchy_parents=[PARENT_OF_20, PARENT_OF_82[:81]]), "gives 81 parents"),
+        (dict(hierarchy_parents=[PARENT_OF_20[:19] + [6], PARENT_OF_82]), "has parent 6"),
+        (dict(hierarchy_parents=[PARENT_OF_20, [0] * 82]), "have no child"),
         (dict(label_level="label_20", num_labels=82), "has 82 labels but level 'label_20' has 20"),
         (dict(label_level="pose"), "not a hierarchy level"),
         (dict(drop_path_rate=1.5), "drop_path_rate"),
@@ -131,7 +135,7 @@ def test_timm_models_that_are_not_the_standard_vit_are_refused():
 
 
 def test_vit_ti16_parameter_count_equals_timm():
-    ours = ViTYogaForImageClassification(ViTYogaConfig(label_level="label_82"))
+    ours = ViTYogaForImageClassification(ViTYogaConfig(**yoga82.hierarchy(), label_level="label_82"))
     theirs = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=82)
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters()) == 5_540_242
@@ -287,4 +291,4 @@ def test_checkpoint_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, mo
     assert report["config"] == "ViTYogaConfig" and report["backbone"] == "ViTYogaModel"
     assert report["pixel_shape"] == [1, 3, 32, 32]
     labels = [p["label"] for p in report["predictions"]]
-    assert len(labels) == 3 and all(label in YOGA82_LABEL_82_NAMES for label in labels)
+    assert len(labels) == 3 and all(label in LABEL_82_NAMES for label in labels)

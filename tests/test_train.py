@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import train
+import yoga82
 from modeling_vit_yoga import ViTYogaForHierarchicalClassification, ViTYogaForImageClassification
 from yoga82 import generate_synthetic
 
@@ -264,7 +265,7 @@ def test_image_folder_without_yoga_levels(tmp_path):
 
 def test_checkpoint_that_cannot_be_used(poses, tmp_path):
     level1 = tmp_path / "level1"
-    config = train.ViTYogaConfig.from_preset("vit-pico", image_size=32, label_level="label_6")
+    config = train.ViTYogaConfig.from_preset("vit-pico", image_size=32, label_level="label_6", **yoga82.hierarchy())
     ViTYogaForImageClassification(config).save_pretrained(level1)
     with pytest.raises(SystemExit, match="is a 32 px model but 64 px was asked for"):
         train.main(tiny_args(poses, tmp_path / "o1", "--init_from", str(level1), "--image_size", "64"))

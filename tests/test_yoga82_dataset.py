@@ -14,15 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from configuration_vit_yoga import (
-    YOGA82_LABEL_6_NAMES,
-    YOGA82_LABEL_20_NAMES,
-    YOGA82_LABEL_82_NAMES,
-    YOGA82_PARENT_OF_20,
-    YOGA82_PARENT_OF_82,
-)
 from yoga82 import generate_synthetic, prepare
 from yoga82.__main__ import main
+from yoga82.labels import LABEL_6_NAMES, LABEL_20_NAMES, LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 
 COLUMNS = ["image", "image_path", "label_6", "label_20", "label_82"]
 SPLITS = {"train", "validation", "test"}
@@ -30,9 +24,9 @@ POSES = ["Akarna_Dhanurasana", "Sitting pose 1 (normal)", "Crane_(Crow)_Pose_or_
 
 
 def labels(pose: str) -> tuple[int, int, int]:
-    label_82 = YOGA82_LABEL_82_NAMES.index(pose)
-    label_20 = YOGA82_PARENT_OF_82[label_82]
-    return YOGA82_PARENT_OF_20[label_20], label_20, label_82
+    label_82 = LABEL_82_NAMES.index(pose)
+    label_20 = PARENT_OF_82[label_82]
+    return PARENT_OF_20[label_20], label_20, label_82
 
 
 def save(path: Path, image: Image.Image, fmt: str) -> None:
@@ -44,9 +38,9 @@ def assert_yoga82_features(features: datasets.Features) -> None:
     assert list(features) == COLUMNS
     assert isinstance(features["image"], datasets.Image)
     assert features["image_path"] == datasets.Value("string")
-    assert features["label_6"].names == YOGA82_LABEL_6_NAMES
-    assert features["label_20"].names == YOGA82_LABEL_20_NAMES
-    assert features["label_82"].names == YOGA82_LABEL_82_NAMES
+    assert features["label_6"].names == LABEL_6_NAMES
+    assert features["label_20"].names == LABEL_20_NAMES
+    assert features["label_82"].names == LABEL_82_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +85,7 @@ def test_prepare_round_trips_through_load_dataset(mini_release, tmp_path, monkey
         assert_yoga82_features(split.features)
     # per pose: 10 official train rows -> 8 train + 2 validation; 2 test rows
     sizes = {name: Counter(split["label_82"]) for name, split in dataset.items()}
-    akarna, sitting, crane = (YOGA82_LABEL_82_NAMES.index(pose) for pose in POSES)
+    akarna, sitting, crane = (LABEL_82_NAMES.index(pose) for pose in POSES)
     assert sizes["train"][crane] + sizes["validation"][crane] == 10 and sizes["validation"][crane] == 2
     assert sizes["train"][akarna] + sizes["validation"][akarna] == 9  # the missing image is skipped
     assert sizes["test"] == {akarna: 2, sitting: 1, crane: 2}  # the HTML one is skipped
@@ -158,7 +152,7 @@ def test_synthetic_is_deterministic_fast_and_has_the_real_hierarchy(tmp_path):
         assert_yoga82_features(split.features)
         assert Counter(split["label_82"]) == Counter({label: len(split) // 82 for label in range(82)})
         for label_6, label_20, label_82 in zip(split["label_6"], split["label_20"], split["label_82"], strict=True):
-            assert YOGA82_PARENT_OF_82[label_82] == label_20 and YOGA82_PARENT_OF_20[label_20] == label_6
+            assert PARENT_OF_82[label_82] == label_20 and PARENT_OF_20[label_20] == label_6
     image = dataset["train"][0]["image"]
     assert image.size == (32, 32) and image.mode == "RGB"
 
@@ -169,14 +163,14 @@ def test_synthetic_poses_share_structure_with_their_parents_and_differ_from_thei
     skeletons = [pose_angles(label) for label in range(82)]
     assert len({tuple(sorted(angles.items())) for angles in skeletons}) == 82  # every pose is drawn differently
     for label, angles in enumerate(skeletons):
-        family = FAMILIES[YOGA82_PARENT_OF_82[label]]
+        family = FAMILIES[PARENT_OF_82[label]]
         assert angles["torso"] == family.torso  # the level-2 class fixes the body's orientation
         if family.vary == "arms":  # ...and its legs, when the poses differ by their arms
             assert (angles["left_thigh"], angles["left_shin"]) == family.left_leg
     # the body position (level 1) decides whether the figure is upright, head down or lying
     torso_by_position: dict[int, set[float]] = {}
     for label_20, family in enumerate(FAMILIES):
-        torso_by_position.setdefault(YOGA82_PARENT_OF_20[label_20], set()).add(family.torso % 360)
+        torso_by_position.setdefault(PARENT_OF_20[label_20], set()).add(family.torso % 360)
     assert all(180 < torso < 360 for torso in torso_by_position[3])  # inverted: head down
     assert all(160 <= torso <= 200 for torso in torso_by_position[4])  # reclining: lying
 

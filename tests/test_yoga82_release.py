@@ -8,13 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_YOGA82
 
-from configuration_vit_yoga import (
-    YOGA82_LABEL_6_NAMES,
-    YOGA82_LABEL_20_NAMES,
-    YOGA82_LABEL_82_NAMES,
-    YOGA82_PARENT_OF_20,
-    YOGA82_PARENT_OF_82,
-)
+from yoga82.labels import LABEL_6_NAMES, LABEL_20_NAMES, LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 from yoga82.release import (
     ReleaseError,
     ReleaseNotFoundError,
@@ -30,9 +24,9 @@ AKARNA = "Akarna_Dhanurasana"  # id 0
 
 
 def labels(pose: str) -> str:
-    label_82 = YOGA82_LABEL_82_NAMES.index(pose)
-    label_20 = YOGA82_PARENT_OF_82[label_82]
-    return f"{YOGA82_PARENT_OF_20[label_20]},{label_20},{label_82}"
+    label_82 = LABEL_82_NAMES.index(pose)
+    label_20 = PARENT_OF_82[label_82]
+    return f"{PARENT_OF_20[label_20]},{label_20},{label_82}"
 
 
 @pytest.mark.skipif(not SHARED_YOGA82.is_dir(), reason="the real Yoga-82 metadata (../shared/yoga82) is not here")
@@ -41,13 +35,13 @@ def test_real_release_parses_with_the_published_counts_and_a_consistent_hierarch
     assert (len(release.train), len(release.test), len(release.links)) == (20_994, 7_456, 28_450)
     rows = release.train + release.test
     assert {row.path for row in rows} == {link.path for link in release.links}
-    assert len({row.label_6 for row in rows}) == len(YOGA82_LABEL_6_NAMES) == 6
-    assert len({row.label_20 for row in rows}) == len(YOGA82_LABEL_20_NAMES) == 20
-    assert len({row.label_82 for row in rows}) == len(YOGA82_LABEL_82_NAMES) == 82
+    assert len({row.label_6 for row in rows}) == len(LABEL_6_NAMES) == 6
+    assert len({row.label_20 for row in rows}) == len(LABEL_20_NAMES) == 20
+    assert len({row.label_82 for row in rows}) == len(LABEL_82_NAMES) == 82
     for row in rows:  # the parser checks this too; asserting it here documents the fact
-        assert YOGA82_PARENT_OF_82[row.label_82] == row.label_20
-        assert YOGA82_PARENT_OF_20[row.label_20] == row.label_6
-        assert row.path.split("/")[0] == YOGA82_LABEL_82_NAMES[row.label_82]
+        assert PARENT_OF_82[row.label_82] == row.label_20
+        assert PARENT_OF_20[row.label_20] == row.label_6
+        assert row.path.split("/")[0] == LABEL_82_NAMES[row.label_82]
     assert all(link.url.startswith(("http://", "https://")) for link in release.links)
 
 

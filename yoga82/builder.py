@@ -17,9 +17,8 @@ from typing import Any
 
 import datasets
 
-from configuration_vit_yoga import YOGA82_LABEL_6_NAMES, YOGA82_LABEL_20_NAMES, YOGA82_LABEL_82_NAMES
-
 from .images import InvalidImage, normalized_jpeg
+from .labels import LABEL_6_NAMES, LABEL_20_NAMES, LABEL_82_NAMES
 from .release import SplitRow, read_release, stratified_split
 
 CITATION = """\
@@ -42,9 +41,9 @@ def yoga82_features() -> datasets.Features:
         {
             "image": datasets.Image(),
             "image_path": datasets.Value("string"),
-            "label_6": datasets.ClassLabel(names=list(YOGA82_LABEL_6_NAMES)),
-            "label_20": datasets.ClassLabel(names=list(YOGA82_LABEL_20_NAMES)),
-            "label_82": datasets.ClassLabel(names=list(YOGA82_LABEL_82_NAMES)),
+            "label_6": datasets.ClassLabel(names=list(LABEL_6_NAMES)),
+            "label_20": datasets.ClassLabel(names=list(LABEL_20_NAMES)),
+            "label_82": datasets.ClassLabel(names=list(LABEL_82_NAMES)),
         }
     )
 

@@ -27,9 +27,8 @@ from datasets.table import embed_table_storage
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from configuration_vit_yoga import YOGA82_HIERARCHY_LEVELS, YOGA82_LABEL_82_NAMES
-
 from .builder import CITATION, HOMEPAGE
+from .labels import LABEL_82_NAMES, LEVELS
 
 SPLITS = ("train", "validation", "test")
 DATA_DIR = "data"
@@ -51,7 +50,7 @@ def _size_category(total: int) -> str:
 
 def _class_counts(dataset: datasets.Dataset) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
-    for level in YOGA82_HIERARCHY_LEVELS:
+    for level in LEVELS:
         names = dataset.features[level].names
         per_class = [0] * len(names)
         # Reading the label column straight from Arrow avoids decoding every image.
@@ -71,7 +70,7 @@ def _write_plot(path: Path, available: Sequence[int], listed: Sequence[int] | No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    names = list(YOGA82_LABEL_82_NAMES)
+    names = list(LABEL_82_NAMES)
     figure = Figure(figsize=(10, 16), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -186,7 +185,7 @@ def write_parquet_dataset(
             counts["listed"] = {
                 split: {
                     "num_examples": sum(per_class),
-                    "label_82": dict(zip(YOGA82_LABEL_82_NAMES, per_class, strict=True)),
+                    "label_82": dict(zip(LABEL_82_NAMES, per_class, strict=True)),
                 }
                 for split, per_class in listed_counts.items()
             }
@@ -194,10 +193,10 @@ def write_parquet_dataset(
         (staging / COUNTS_FILE).write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
 
         available = [
-            sum(counts["splits"][split]["label_82"][name] for split in splits) for name in YOGA82_LABEL_82_NAMES
+            sum(counts["splits"][split]["label_82"][name] for split in splits) for name in LABEL_82_NAMES
         ]
         listed = (
-            [sum(per_class[i] for per_class in listed_counts.values()) for i in range(len(YOGA82_LABEL_82_NAMES))]
+            [sum(per_class[i] for per_class in listed_counts.values()) for i in range(len(LABEL_82_NAMES))]
             if listed_counts is not None
             else None
         )

@@ -14,13 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from configuration_vit_yoga import (
-    YOGA82_LABEL_6_NAMES,
-    YOGA82_LABEL_20_NAMES,
-    YOGA82_LABEL_82_NAMES,
-    YOGA82_PARENT_OF_20,
-    YOGA82_PARENT_OF_82,
-)
+from .labels import LABEL_6_NAMES, LABEL_20_NAMES, LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 
 TRAIN_FILE = "yoga_train.txt"
 TEST_FILE = "yoga_test.txt"
@@ -71,7 +65,7 @@ class Release:
     links: list[LinkRow]
 
     def listed_counts(self, rows: Iterable[SplitRow]) -> list[int]:
-        counts = [0] * len(YOGA82_LABEL_82_NAMES)
+        counts = [0] * len(LABEL_82_NAMES)
         for row in rows:
             counts[row.label_82] += 1
         return counts
@@ -97,27 +91,27 @@ def normalize_release_path(path: str) -> str:
 def check_labels(label_6: int, label_20: int, label_82: int, path: str, where: str) -> None:
     """Raise ReleaseError unless the three labels are in range and agree with the hierarchy and the pose folder."""
     for value, names, level in (
-        (label_6, YOGA82_LABEL_6_NAMES, "label_6"),
-        (label_20, YOGA82_LABEL_20_NAMES, "label_20"),
-        (label_82, YOGA82_LABEL_82_NAMES, "label_82"),
+        (label_6, LABEL_6_NAMES, "label_6"),
+        (label_20, LABEL_20_NAMES, "label_20"),
+        (label_82, LABEL_82_NAMES, "label_82"),
     ):
         if not 0 <= value < len(names):
             raise ReleaseError(f"{where}: {level}={value} is out of range 0..{len(names) - 1}")
-    if YOGA82_PARENT_OF_82[label_82] != label_20:
+    if PARENT_OF_82[label_82] != label_20:
         raise ReleaseError(
-            f"{where}: label_82={label_82} ({YOGA82_LABEL_82_NAMES[label_82]}) belongs to label_20="
-            f"{YOGA82_PARENT_OF_82[label_82]}, but the row says label_20={label_20}"
+            f"{where}: label_82={label_82} ({LABEL_82_NAMES[label_82]}) belongs to label_20="
+            f"{PARENT_OF_82[label_82]}, but the row says label_20={label_20}"
         )
-    if YOGA82_PARENT_OF_20[label_20] != label_6:
+    if PARENT_OF_20[label_20] != label_6:
         raise ReleaseError(
-            f"{where}: label_20={label_20} ({YOGA82_LABEL_20_NAMES[label_20]}) belongs to label_6="
-            f"{YOGA82_PARENT_OF_20[label_20]}, but the row says label_6={label_6}"
+            f"{where}: label_20={label_20} ({LABEL_20_NAMES[label_20]}) belongs to label_6="
+            f"{PARENT_OF_20[label_20]}, but the row says label_6={label_6}"
         )
     folder = PurePosixPath(path).parts[0] if "/" in path else ""
-    if folder != YOGA82_LABEL_82_NAMES[label_82]:
+    if folder != LABEL_82_NAMES[label_82]:
         raise ReleaseError(
             f"{where}: image folder {folder!r} is not the pose of label_82={label_82} "
-            f"({YOGA82_LABEL_82_NAMES[label_82]})"
+            f"({LABEL_82_NAMES[label_82]})"
         )
 
 

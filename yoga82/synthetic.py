@@ -27,10 +27,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from configuration_vit_yoga import YOGA82_LABEL_82_NAMES, YOGA82_PARENT_OF_20, YOGA82_PARENT_OF_82
-
 from .builder import yoga82_features
 from .export import COUNTS_FILE, write_parquet_dataset
+from .labels import LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 
 # Arm arrangements relative to the torso: (upper arm, forearm bend) for each arm, in degrees. 0 hangs along the
 # body, 180 points past the head, +-90 sticks out sideways; the bend turns the forearm from the upper arm.
@@ -99,7 +98,7 @@ FAMILIES: list[Family] = [
     Family(225, (295, 285), (300, 290), vary="legs", arms=(235, 240)),  # 18 down facing
     Family(150, (320, 245), (330, 250), face=-1),  # 19 others
 ]
-assert len(FAMILIES) == len(YOGA82_PARENT_OF_20)
+assert len(FAMILIES) == len(PARENT_OF_20)
 
 TORSO, HEAD, UPPER_ARM, FOREARM, THIGH, SHIN = 1.0, 0.2, 0.5, 0.45, 0.62, 0.58
 
@@ -108,7 +107,7 @@ def _sibling_index() -> list[int]:
     """Position of each pose among the poses of its level-2 class (decides its limb variant)."""
     seen: dict[int, int] = {}
     index = []
-    for parent in YOGA82_PARENT_OF_82:
+    for parent in PARENT_OF_82:
         index.append(seen.get(parent, 0))
         seen[parent] = index[-1] + 1
     return index
@@ -119,7 +118,7 @@ SIBLING_INDEX = _sibling_index()
 
 def pose_angles(label_82: int) -> dict[str, float]:
     """The noise-free joint angles of a pose: torso, and upper/lower segments of both arms and legs."""
-    family = FAMILIES[YOGA82_PARENT_OF_82[label_82]]
+    family = FAMILIES[PARENT_OF_82[label_82]]
     sibling = SIBLING_INDEX[label_82]
     angles = {
         "torso": family.torso,
@@ -166,7 +165,7 @@ def _skeleton(angles: dict[str, float], lengths: dict[str, float]) -> tuple[list
 
 def draw_pose(label_82: int, rng: np.random.Generator, image_size: int) -> Image.Image:
     """One RGB image of pose ``label_82`` with the random variation drawn from ``rng``."""
-    family = FAMILIES[YOGA82_PARENT_OF_82[label_82]]
+    family = FAMILIES[PARENT_OF_82[label_82]]
     angles = {key: value + rng.normal(0, 6) for key, value in pose_angles(label_82).items()}
     lengths = {
         name: base * rng.uniform(0.88, 1.12)
@@ -254,9 +253,9 @@ def build_synthetic(
         for split in ("train", "validation", "test")
     }
     n_validation, n_test = _split_sizes(images_per_class, validation_fraction, test_fraction)
-    labels = range(len(YOGA82_LABEL_82_NAMES)) if labels is None else labels
+    labels = range(len(LABEL_82_NAMES)) if labels is None else labels
     for label_82 in tqdm(labels, desc="Drawing synthetic poses", unit="pose", disable=not progress):
-        label_20 = YOGA82_PARENT_OF_82[label_82]
+        label_20 = PARENT_OF_82[label_82]
         for index in range(images_per_class):
             # One generator per image, seeded by (seed, pose, index): an image does not depend on how many others
             # are drawn, so a larger set extends a smaller one with the same seed.
@@ -264,11 +263,11 @@ def build_synthetic(
             buffer = io.BytesIO()
             draw_pose(label_82, rng, image_size).save(buffer, format="PNG", optimize=False)
             split = "test" if index < n_test else "validation" if index < n_test + n_validation else "train"
-            path = f"{YOGA82_LABEL_82_NAMES[label_82]}/synthetic_{index:05d}.png"
+            path = f"{LABEL_82_NAMES[label_82]}/synthetic_{index:05d}.png"
             column = columns[split]
             column["image"].append({"path": path, "bytes": buffer.getvalue()})
             column["image_path"].append(path)
-            column["label_6"].append(YOGA82_PARENT_OF_20[label_20])
+            column["label_6"].append(PARENT_OF_20[label_20])
             column["label_20"].append(label_20)
             column["label_82"].append(label_82)
     features = yoga82_features()

@@ -1,0 +1,133 @@
+"""The Yoga-82 label hierarchy (Verma et al., CVPRW 2020): 6 body positions -> 20 variations -> 82 poses.
+
+This is the one home of Yoga-82's labels. The data set owns them: the builder, the release parser and the synthetic
+poses read them here, and a data set written by this package carries them as ``ClassLabel`` names. A model learns
+them from the data (train.py reads the names and parents off the data set's columns) and stores them in its own
+``config.json``, so neither the model code nor a checkpoint depends on this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Ids are those of the release's yoga_train.txt / yoga_test.txt; the 82 names are the release's pose folder
+# names, the 6 and 20 names are the paper's.
+LABEL_6_NAMES = [
+    'Standing', 'Sitting', 'Balancing', 'Inverted', 'Reclining', 'Wheel',
+]
+LABEL_20_NAMES = [
+    'Standing: straight', 'Standing: forward bend', 'Standing: side bend', 'Standing: others',
+    'Sitting: normal 1', 'Sitting: normal 2', 'Sitting: split', 'Sitting: forward bend',
+    'Sitting: twist', 'Balancing: front', 'Balancing: side', 'Inverted: legs straight up',
+    'Inverted: legs bend', 'Reclining: up facing', 'Reclining: down facing', 'Reclining: side facing',
+    'Reclining: plank balance', 'Wheel: up facing', 'Wheel: down facing', 'Wheel: others',
+]
+LABEL_82_NAMES = [
+    'Akarna_Dhanurasana',
+    "Bharadvaja's_Twist_pose_or_Bharadvajasana_I_",
+    'Boat_Pose_or_Paripurna_Navasana_',
+    'Bound_Angle_Pose_or_Baddha_Konasana_',
+    'Bow_Pose_or_Dhanurasana_',
+    'Bridge_Pose_or_Setu_Bandha_Sarvangasana_',
+    'Camel_Pose_or_Ustrasana_',
+    'Cat_Cow_Pose_or_Marjaryasana_',
+    'Chair_Pose_or_Utkatasana_',
+    'Child_Pose_or_Balasana_',
+    'Cobra_Pose_or_Bhujangasana_',
+    'Cockerel_Pose',
+    'Corpse_Pose_or_Savasana_',
+    'Cow_Face_Pose_or_Gomukhasana_',
+    'Crane_(Crow)_Pose_or_Bakasana_',
+    'Dolphin_Plank_Pose_or_Makara_Adho_Mukha_Svanasana_',
+    'Dolphin_Pose_or_Ardha_Pincha_Mayurasana_',
+    'Downward-Facing_Dog_pose_or_Adho_Mukha_Svanasana_',
+    'Eagle_Pose_or_Garudasana_',
+    'Eight-Angle_Pose_or_Astavakrasana_',
+    'Extended_Puppy_Pose_or_Uttana_Shishosana_',
+    'Extended_Revolved_Side_Angle_Pose_or_Utthita_Parsvakonasana_',
+    'Extended_Revolved_Triangle_Pose_or_Utthita_Trikonasana_',
+    'Feathered_Peacock_Pose_or_Pincha_Mayurasana_',
+    'Firefly_Pose_or_Tittibhasana_',
+    'Fish_Pose_or_Matsyasana_',
+    'Four-Limbed_Staff_Pose_or_Chaturanga_Dandasana_',
+    'Frog_Pose_or_Bhekasana',
+    'Garland_Pose_or_Malasana_',
+    'Gate_Pose_or_Parighasana_',
+    'Half_Lord_of_the_Fishes_Pose_or_Ardha_Matsyendrasana_',
+    'Half_Moon_Pose_or_Ardha_Chandrasana_',
+    'Handstand_pose_or_Adho_Mukha_Vrksasana_',
+    'Happy_Baby_Pose_or_Ananda_Balasana_',
+    'Head-to-Knee_Forward_Bend_pose_or_Janu_Sirsasana_',
+    'Heron_Pose_or_Krounchasana_',
+    'Intense_Side_Stretch_Pose_or_Parsvottanasana_',
+    'Legs-Up-the-Wall_Pose_or_Viparita_Karani_',
+    'Locust_Pose_or_Salabhasana_',
+    'Lord_of_the_Dance_Pose_or_Natarajasana_',
+    'Low_Lunge_pose_or_Anjaneyasana_',
+    'Noose_Pose_or_Pasasana_',
+    'Peacock_Pose_or_Mayurasana_',
+    'Pigeon_Pose_or_Kapotasana_',
+    'Plank_Pose_or_Kumbhakasana_',
+    'Plow_Pose_or_Halasana_',
+    'Pose_Dedicated_to_the_Sage_Koundinya_or_Eka_Pada_Koundinyanasana_I_and_II',
+    'Rajakapotasana',
+    'Reclining_Hand-to-Big-Toe_Pose_or_Supta_Padangusthasana_',
+    'Revolved_Head-to-Knee_Pose_or_Parivrtta_Janu_Sirsasana_',
+    'Scale_Pose_or_Tolasana_',
+    'Scorpion_pose_or_vrischikasana',
+    'Seated_Forward_Bend_pose_or_Paschimottanasana_',
+    'Shoulder-Pressing_Pose_or_Bhujapidasana_',
+    'Side-Reclining_Leg_Lift_pose_or_Anantasana_',
+    'Side_Crane_(Crow)_Pose_or_Parsva_Bakasana_',
+    'Side_Plank_Pose_or_Vasisthasana_',
+    'Sitting pose 1 (normal)',
+    'Split pose',
+    'Staff_Pose_or_Dandasana_',
+    'Standing_Forward_Bend_pose_or_Uttanasana_',
+    'Standing_Split_pose_or_Urdhva_Prasarita_Eka_Padasana_',
+    'Standing_big_toe_hold_pose_or_Utthita_Padangusthasana',
+    'Supported_Headstand_pose_or_Salamba_Sirsasana_',
+    'Supported_Shoulderstand_pose_or_Salamba_Sarvangasana_',
+    'Supta_Baddha_Konasana_',
+    'Supta_Virasana_Vajrasana',
+    'Tortoise_Pose',
+    'Tree_Pose_or_Vrksasana_',
+    'Upward_Bow_(Wheel)_Pose_or_Urdhva_Dhanurasana_',
+    'Upward_Facing_Two-Foot_Staff_Pose_or_Dwi_Pada_Viparita_Dandasana_',
+    'Upward_Plank_Pose_or_Purvottanasana_',
+    'Virasana_or_Vajrasana',
+    'Warrior_III_Pose_or_Virabhadrasana_III_',
+    'Warrior_II_Pose_or_Virabhadrasana_II_',
+    'Warrior_I_Pose_or_Virabhadrasana_I_',
+    'Wide-Angle_Seated_Forward_Bend_pose_or_Upavistha_Konasana_',
+    'Wide-Legged_Forward_Bend_pose_or_Prasarita_Padottanasana_',
+    'Wild_Thing_pose_or_Camatkarasana_',
+    'Wind_Relieving_pose_or_Pawanmuktasana',
+    'Yogic_sleep_pose',
+    'viparita_virabhadrasana_or_reverse_warrior_pose',
+]
+# PARENT_OF_20[i] is the level-1 (6-class) id of level-2 class i.
+PARENT_OF_20 = [
+    0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 3, 3, 4, 4, 4, 4, 5, 5, 5,
+]
+# PARENT_OF_82[i] is the level-2 (20-class) id of pose i.
+PARENT_OF_82 = [
+    8, 5, 19, 4, 19, 17, 17, 18, 0, 14, 14, 9, 13, 5, 9, 16, 1, 1, 0, 10,
+    14, 2, 2, 11, 9, 13, 16, 14, 4, 2, 5, 2, 11, 13, 7, 8, 1, 11, 14, 3,
+    2, 4, 16, 17, 16, 12, 10, 8, 13, 7, 9, 12, 7, 9, 15, 10, 15, 4, 6, 4,
+    1, 3, 3, 11, 11, 13, 13, 7, 0, 17, 17, 17, 5, 3, 3, 2, 6, 1, 17, 13,
+    13, 2,
+]
+
+LEVELS = ("label_6", "label_20", "label_82")  # the data set's label columns, coarsest first
+
+
+def hierarchy() -> dict[str, Any]:
+    """The hierarchy as ViTYogaConfig's fields (``hierarchy_levels``, ``hierarchy_class_names``,
+    ``hierarchy_parents``): ``ViTYogaConfig(**yoga82.hierarchy(), label_level="label_82")``."""
+    return {
+        "hierarchy_levels": list(LEVELS),
+        "hierarchy_class_names": [list(LABEL_6_NAMES), list(LABEL_20_NAMES), list(LABEL_82_NAMES)],
+        "hierarchy_parents": [list(PARENT_OF_20), list(PARENT_OF_82)],
+    }
+
