@@ -227,6 +227,55 @@ class ViTYogaLayer(GradientCheckpointingLayer):
         return hidden_states, attn_weights
 
 
+def per_example_losses(
+    level_logits: tuple[torch.Tensor, ...], labels: torch.Tensor, levels: list[str] | None = None
+) -> list[torch.Tensor]:
+    """Each level's cross-entropy per example, in fp32.
+
+    ``labels`` holds either class ids, shape (batch,) for one head or (batch, num_levels), or class probabilities
+    (soft targets: label smoothing, MixUp, CutMix), shape (batch, sum of the levels' class counts), the levels'
+    distributions side by side, coarsest first.
+    """
+    sizes = [logits.shape[-1] for logits in level_logits]
+    labels = labels.to(level_logits[0].device)
+    if labels.is_floating_point():
+        if labels.ndim != 2 or labels.shape[1] != sum(sizes):
+            raise ValueError(
+                f"Soft labels must have shape (batch, {sum(sizes)}): class probabilities for each level "
+                f"{levels or ''} side by side; got {tuple(labels.shape)}."
+            )
+        targets = labels.split(sizes, dim=1)
+    else:
+        if len(sizes) == 1:
+            targets = (labels.reshape(-1),)
+        elif labels.ndim != 2 or labels.shape[1] != len(sizes):
+            raise ValueError(
+                f"labels must have shape (batch, {len(sizes)}): one class id per level {levels or ''}; got "
+                f"{tuple(labels.shape)}."
+            )
+        else:
+            targets = labels.unbind(dim=1)
+    return [F.cross_entropy(logits.float(), target, reduction="none")
+            for logits, target in zip(level_logits, targets, strict=True)]
+
+
+def mean_over_examples(
+    per_example: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """The loss of a batch: ``per_example`` (one loss per example) averaged over the examples.
+
+    Trainer passes ``num_items_in_batch``: the number of label entries (class ids, or probabilities) in the whole
+    optimizer step, over every batch of a gradient accumulation and, by default, every process; it then no longer
+    divides the loss itself. Dividing this batch's sum by the number of examples that count stands for makes the
+    gradient of each step the exact mean over its examples, whatever the batch sizes, the number of processes and
+    the accumulation.
+    """
+    if num_items_in_batch is None:
+        return per_example.mean()
+    entries_per_example = labels[0].numel()
+    return per_example.sum() / (num_items_in_batch / entries_per_example)
+
+
 class ViTYogaPreTrainedModel(PreTrainedModel):
     config_class = ViTYogaConfig
     config: ViTYogaConfig
@@ -334,6 +383,9 @@ class ViTYogaModel(ViTYogaPreTrainedModel):
 class ViTYogaForImageClassification(ViTYogaPreTrainedModel):
     """ViTYoga with one linear head on the class token: ``num_labels`` logits (e.g. one level of Yoga-82)."""
 
+    # Takes Trainer's num_items_in_batch (see mean_over_examples), as transformers' own classifiers do.
+    accepts_loss_kwargs = True
+
     def __init__(self, config: ViTYogaConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -363,7 +415,8 @@ class ViTYogaForImageClassification(ViTYogaPreTrainedModel):
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float(), labels.to(logits.device).view(-1))
+            (per_example,) = per_example_losses((logits,), labels)
+            loss = mean_over_examples(per_example, labels, kwargs.get("num_items_in_batch"))
         if not return_dict:
             rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
             return ((loss, logits) if loss is not None else (logits,)) + rest
@@ -377,10 +430,11 @@ class HierarchicalClassifierOutput(ModelOutput):
     """Outputs of [`ViTYogaForHierarchicalClassification`].
 
     Args:
-        loss: the sum over levels of each level's cross-entropy (when ``labels`` are given).
+        loss: the sum over levels of each level's cross-entropy, averaged over the examples (when ``labels`` are
+            given).
         logits: the finest level's logits, so that the image-classification pipeline names the finest classes.
         level_logits: each level's logits, coarsest first (``config.hierarchy_levels`` order).
-        level_losses: each level's cross-entropy, shape (num_levels,).
+        level_losses: each level's mean cross-entropy over the batch, shape (num_levels,), for monitoring.
     """
 
     loss: torch.FloatTensor | None = None
@@ -396,6 +450,9 @@ class ViTYogaForHierarchicalClassification(ViTYogaPreTrainedModel):
 
     ``labels`` has shape (batch, num_levels): each example's class id at every level, coarsest first.
     """
+
+    # Takes Trainer's num_items_in_batch (see mean_over_examples), as transformers' own classifiers do.
+    accepts_loss_kwargs = True
 
     def __init__(self, config: ViTYogaConfig) -> None:
         super().__init__(config)
@@ -430,16 +487,9 @@ class ViTYogaForHierarchicalClassification(ViTYogaPreTrainedModel):
         level_logits = tuple(head(outputs.pooler_output) for head in self.classifiers)
         loss = level_losses = None
         if labels is not None:
-            if labels.ndim != 2 or labels.shape[1] != len(level_logits):
-                raise ValueError(
-                    f"labels must have shape (batch, {len(level_logits)}): one class id per level "
-                    f"{self.config.hierarchy_levels}; got {tuple(labels.shape)}."
-                )
-            labels = labels.to(level_logits[0].device)
-            level_losses = torch.stack(
-                [F.cross_entropy(logits.float(), labels[:, i]) for i, logits in enumerate(level_logits)]
-            )
-            loss = level_losses.sum()
+            losses = per_example_losses(level_logits, labels, self.config.hierarchy_levels)
+            level_losses = torch.stack([level.detach().mean() for level in losses])
+            loss = mean_over_examples(torch.stack(losses).sum(dim=0), labels, kwargs.get("num_items_in_batch"))
         output = HierarchicalClassifierOutput(
             loss=loss,
             logits=level_logits[-1],

@@ -9,9 +9,9 @@ scrape of the web delivers them, and "prepared" JPEGs of the same pictures at 25
 prepared data set stores them. On each set it times, in one process with one thread (what a DataLoader worker
 gets), interleaved in rounds:
 
-- ``train``: train.py's ``build_image_transform(224, train=True)`` on ``{"bytes", "path"}`` dicts, exactly what a
-  datasets ``Image(decode=False)`` column hands it: JPEG draft-mode decoding, uint8 resize/crop/flip, RandAugment
-  on PIL, one conversion to float at the end;
+- ``train``: train.py's ``ImageTransform(224, train=True)`` with the report recipe's augmentation, on
+  ``{"bytes", "path"}`` dicts, exactly what a datasets ``Image(decode=False)`` column hands it: JPEG draft-mode
+  decoding, uint8 resize/crop/flip, RandAugment on PIL, one conversion to float at the end;
 - ``eval``: the same with ``train=False`` (decode, resize, normalise);
 - ``train-full-decode``: the train transform given an already fully decoded PIL image (no draft mode): what draft
   mode saves;
@@ -102,14 +102,17 @@ def save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
 # The pipelines
 # --------------------------------------------------------------------------------------------------------------
 def load_build_image_transform() -> Callable[..., Callable[[Any], torch.Tensor]]:
+    """A builder of train.py's transform (vit_yoga.transforms.ImageTransform) with the report recipe's augmentation."""
     try:
-        from train import build_image_transform
+        from vit_yoga.recipes import REPORT_RECIPE
+        from vit_yoga.transforms import ImageTransform
     except ImportError as error:
         raise SystemExit(
-            f"benchmarks/bench_data.py needs train.py's build_image_transform and its dependencies ({error}); run it "
-            "from the repository with the project installed (pip install -e .)."
+            f"benchmarks/bench_data.py needs vit_yoga.transforms and its dependencies ({error}); run it from the "
+            "repository with the project installed (pip install -e .)."
         ) from error
-    return build_image_transform
+    augmentation = {k: REPORT_RECIPE[k] for k in ("train_crop", "hflip", "rand_augment_ops")}
+    return lambda image_size, train, mean, std: ImageTransform(image_size, train, mean, std, **augmentation)
 
 
 def float_first_transform(image_size: int) -> v2.Compose:
@@ -129,7 +132,7 @@ def tensor_randaugment_transform(image_size: int) -> Callable[[Any], torch.Tenso
     AutoContrast are 3 to 20 times slower than PIL's at 224 px on one thread; the PIL round trip costs ~0.07 ms.
     """
     try:
-        from train import CROP_RATIO, decode_image
+        from vit_yoga.transforms import CROP_RATIO, decode_image
     except ImportError:
         return None
     load_size = round(image_size * CROP_RATIO)

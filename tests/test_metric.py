@@ -7,7 +7,7 @@ import evaluate
 import numpy as np
 import pytest
 
-METRIC_PATH = Path(__file__).parent.parent / "metrics" / "hierarchical_accuracy"
+METRIC_PATH = Path(__file__).parent.parent / "vit_yoga" / "hierarchical_accuracy"
 
 # 3 coarse classes <- 4 middle classes <- 6 fine classes.
 PARENT_OF_MIDDLE = [0, 0, 1, 2]

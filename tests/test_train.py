@@ -16,24 +16,22 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import PROJECT_ROOT as PROJECT
+from conftest import load_script
 from huggingface_hub import HfApi
 from PIL import Image
 from safetensors.torch import load_file
 
-import train
 import yoga82
+from configuration_vit_yoga import ViTYogaConfig
 from modeling_vit_yoga import ViTYogaForHierarchicalClassification, ViTYogaForImageClassification
-from yoga82 import generate_synthetic
+from vit_yoga.arguments import DataArguments, ModelArguments
+from vit_yoga.data import Labels, hierarchy_of_dataset
+from vit_yoga.models import build_model
+from vit_yoga.outputs import last_complete_checkpoint
 
-PROJECT = Path(train.__file__).resolve().parent
+train_main = load_script("train.py")["main"]
 TINY_MODEL = "hidden_size=48,num_hidden_layers=2,num_attention_heads=3,intermediate_size=96"
-
-
-@pytest.fixture(scope="session")
-def poses(tmp_path_factory) -> Path:
-    """Synthetic Yoga-82 (the real hierarchy), 4 images per pose at 32 px: 328 images in Parquet."""
-    return generate_synthetic(tmp_path_factory.mktemp("data") / "poses", images_per_class=4, image_size=32, seed=0,
-                              progress=False)
 
 
 def tiny_args(dataset: Path, output_dir: Path, *extra: str, epochs: int = 1) -> list[str]:
@@ -51,7 +49,7 @@ def read_json(path: Path) -> dict:
 
 def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog):
     level1 = tmp_path / "level1"
-    out = train.main(tiny_args(poses, level1, "--label_level", "1"))
+    out = train_main(tiny_args(poses, level1, "--label_level", "1"))
     assert set(out["results"]) == {"validation", "test"}
     files = {p.name for p in level1.iterdir()}
     assert {"model.safetensors", "config.json", "configuration_vit_yoga.py", "modeling_vit_yoga.py",
@@ -67,12 +65,12 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog)
     assert config1["hidden_dropout_prob"] == 0.1  # the report's recipe
 
     # Fine-tuning on level 3: the backbone is level 1's, the head is new, the lineage is recorded.
-    data_args = train.DataArguments(dataset_name=str(poses), label_level="3")
-    model_args = train.ModelArguments(init_from=str(level1))
+    data_args = DataArguments(dataset_name=str(poses), label_level="3")
+    model_args = ModelArguments(init_from=str(level1))
     dataset = datasets.load_dataset(str(poses))
     names = [dataset["train"].features["label_82"].names]
-    with caplog.at_level(logging.WARNING, logger="train"):
-        model = train.build_model(model_args, data_args, ["label_82"], names, train.hierarchy_of_dataset(dataset))
+    with caplog.at_level(logging.WARNING, logger="vit_yoga"):
+        model = build_model(model_args, data_args, Labels(["label_82"], names, hierarchy_of_dataset(dataset)))
     assert "the head is new (82 classes" in caplog.text
     level1_weights = load_file(level1 / "model.safetensors")
     for name, tensor in model.vit.state_dict().items():
@@ -80,7 +78,7 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog)
     assert model.classifier.out_features == 82 and model.config.init_lineage[-1]["head"] == "re-initialised"
 
     level3 = tmp_path / "level3"
-    train.main(tiny_args(poses, level3, "--label_level", "3", "--init_from", str(level1)))
+    train_main(tiny_args(poses, level3, "--label_level", "3", "--init_from", str(level1)))
     config3 = read_json(level3 / "config.json")
     assert config3["label_level"] == "label_82" and config3["init_lineage"][0]["label_level"] == "label_6"
     card = (level3 / "README.md").read_text()
@@ -92,12 +90,12 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog)
 def test_level2_and_all_levels(poses, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # without --output_dir, the run goes to runs/level2
     args = tiny_args(poses, tmp_path / "unused", "--label_level", "2")
-    out = train.main(args[:2] + args[4:])
+    out = train_main(args[:2] + args[4:])
     assert out["results"]["test"]["label_20"]["num_examples"] == 82
     assert (tmp_path / "runs" / "level2" / "model.safetensors").exists()
     assert not (tmp_path / "trainer_output").exists()
 
-    out = train.main(tiny_args(poses, tmp_path / "all", "--label_level", "all"))
+    out = train_main(tiny_args(poses, tmp_path / "all", "--label_level", "all"))
     levels = out["results"]["test"]
     assert set(levels) == {"label_6", "label_20", "label_82"}
     assert "implied_label_6_accuracy" in levels["label_82"]
@@ -136,7 +134,7 @@ def test_push_uploads_exactly_the_folder_and_a_failed_push_keeps_it(poses, tmp_p
     secret = "hf_DoNotLogThisTokenAnywhere1234"
     out_dir = tmp_path / "pushed"
     with caplog.at_level(logging.INFO):
-        train.main(tiny_args(poses, out_dir, "--label_level", "1", "--save_total_limit", "1", "--push_to_hub",
+        train_main(tiny_args(poses, out_dir, "--label_level", "1", "--save_total_limit", "1", "--push_to_hub",
                              "--hub_model_id", "me/vit-yoga-level1", "--hub_token", secret))
     repo_id, paths = commits[0]
     assert repo_id == "me/vit-yoga-level1"
@@ -147,9 +145,11 @@ def test_push_uploads_exactly_the_folder_and_a_failed_push_keeps_it(poses, tmp_p
                           if p.is_file() and not p.relative_to(out_dir).parts[0].startswith("checkpoint-")}
 
     broken = tmp_path / "broken"
-    with caplog.at_level(logging.INFO):
-        train.main(tiny_args(poses, broken, "--label_level", "1", "--push_to_hub", "--hub_model_id", "me/broken",
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_info:
+        train_main(tiny_args(poses, broken, "--label_level", "1", "--push_to_hub", "--hub_model_id", "me/broken",
                              "--hub_token", secret, "--num_train_epochs", "1"))
+    assert exit_info.value.code == 1  # a script or CI job must not believe the model was shared
+    assert "hf upload me/broken" in caplog.text  # the retry command
     assert "Upload to the Hub repo 'me/broken' failed" in caplog.text and "the Hub is unreachable" in caplog.text
     assert secret not in caplog.text
     assert (broken / "model.safetensors").exists() and (broken / "README.md").exists()
@@ -175,18 +175,18 @@ def run_train(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
 def test_killed_run_resumes_to_the_same_metrics(poses, tmp_path):
     args = ["--label_level", "1", "--save_total_limit", "3"]
     straight = tmp_path / "straight"
-    train.main(tiny_args(poses, straight, *args, epochs=3))
+    train_main(tiny_args(poses, straight, *args, epochs=3))
 
     killed = tmp_path / "killed"
     process = run_train(tiny_args(poses, killed, *args, epochs=3), tmp_path)
     deadline = time.time() + 240
-    while time.time() < deadline and train.last_complete_checkpoint(str(killed)) is None:
+    while time.time() < deadline and last_complete_checkpoint(str(killed)) is None:
         assert process.poll() is None, process.stdout.read()[-3000:]
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)  # no clean-up, as when a notebook's time runs out
     process.wait()
     assert not (killed / "all_results.json").exists()
-    train.main(tiny_args(poses, killed, *args, "--resume_from_checkpoint", "latest", epochs=3))
+    train_main(tiny_args(poses, killed, *args, "--resume_from_checkpoint", "latest", epochs=3))
     for name in ("eval_results.json", "test_results.json"):
         a, b = read_json(straight / name), read_json(killed / name)
         for key in ("eval_accuracy", "eval_loss", "test_accuracy", "test_loss"):
@@ -198,10 +198,9 @@ def test_killed_run_resumes_to_the_same_metrics(poses, tmp_path):
 
 RANK_REPORT = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, runpy, sys
     sys.path.insert(0, {project!r})
-    import train
-    out = train.main(sys.argv[1:])
+    out = runpy.run_path(os.path.join({project!r}, "train.py"))["main"](sys.argv[1:])
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(out["output_dir"], f"rank{{rank}}.json"), "w") as f:
         json.dump(out["results"], f)
@@ -249,32 +248,32 @@ def make_image_folder(root: Path) -> Path:
 )
 def test_bad_flags_fail_before_training(poses, tmp_path, extra, message, capsys):
     with pytest.raises(SystemExit, match=message):
-        train.main(tiny_args(poses, tmp_path / "out", *extra))
+        train_main(tiny_args(poses, tmp_path / "out", *extra))
 
 
 def test_image_folder_without_yoga_levels(tmp_path):
     folder = make_image_folder(tmp_path / "pets")
     with pytest.raises(SystemExit, match="lacks .*pass --label_column label"):
-        train.main(tiny_args(tmp_path, tmp_path / "out", "--label_level", "3", "--train_dir", str(folder)))
+        train_main(tiny_args(tmp_path, tmp_path / "out", "--label_level", "3", "--train_dir", str(folder)))
     parquet = tmp_path / "no_images"
     parquet.mkdir()
     datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).to_parquet(parquet / "train.parquet")
     with pytest.raises(SystemExit, match="has no image column"):
-        train.main(tiny_args(parquet, tmp_path / "out2", "--label_column", "label"))
+        train_main(tiny_args(parquet, tmp_path / "out2", "--label_column", "label"))
 
 
 def test_checkpoint_that_cannot_be_used(poses, tmp_path):
     level1 = tmp_path / "level1"
-    config = train.ViTYogaConfig.from_preset("vit-pico", image_size=32, label_level="label_6", **yoga82.hierarchy())
+    config = ViTYogaConfig.from_preset("vit-pico", image_size=32, label_level="label_6", **yoga82.hierarchy())
     ViTYogaForImageClassification(config).save_pretrained(level1)
     with pytest.raises(SystemExit, match="is a 32 px model but 64 px was asked for"):
-        train.main(tiny_args(poses, tmp_path / "o1", "--init_from", str(level1), "--image_size", "64"))
-    other = train.ViTYogaConfig.from_preset("vit-pico", image_size=32, hierarchy_levels=["label_6", "label_20"],
+        train_main(tiny_args(poses, tmp_path / "o1", "--init_from", str(level1), "--image_size", "64"))
+    other = ViTYogaConfig.from_preset("vit-pico", image_size=32, hierarchy_levels=["label_6", "label_20"],
                                             hierarchy_class_names=[["a", "b"], ["c", "d"]],
                                             hierarchy_parents=[[0, 1]])
     ViTYogaForImageClassification(other).save_pretrained(tmp_path / "other")
     with pytest.raises(SystemExit, match="another label hierarchy"):
-        train.main(tiny_args(poses, tmp_path / "o2", "--init_from", str(tmp_path / "other")))
+        train_main(tiny_args(poses, tmp_path / "o2", "--init_from", str(tmp_path / "other")))
 
 
 def test_string_labels_of_another_data_set_get_class_names(tmp_path):
@@ -284,7 +283,7 @@ def test_string_labels_of_another_data_set_get_class_names(tmp_path):
     folder = tmp_path / "poses"
     folder.mkdir()
     datasets.Dataset.from_dict(rows).cast_column("photo", datasets.Image()).to_parquet(folder / "train.parquet")
-    train.main(tiny_args(folder, tmp_path / "out", "--label_column", "pose", "--validation_fraction", "0.25"))
+    train_main(tiny_args(folder, tmp_path / "out", "--label_column", "pose", "--validation_fraction", "0.25"))
     config = read_json(tmp_path / "out" / "config.json")
     assert sorted(config["id2label"].values()) == ["crow", "plank", "tree"]
     assert config["label_level"] is None and config["hierarchy_levels"] == []
@@ -301,7 +300,7 @@ def test_fine_tune_from_a_converted_transformers_vit(poses, tmp_path):
     source.save_pretrained(tmp_path / "hf")
     assert convert_vit_checkpoint.main(["--source", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "in1k")]) == 0
     out_dir = tmp_path / "from_in1k"
-    train.main(tiny_args(poses, out_dir, "--label_level", "1", "--init_from", str(tmp_path / "in1k")))
+    train_main(tiny_args(poses, out_dir, "--label_level", "1", "--init_from", str(tmp_path / "in1k")))
     config = read_json(out_dir / "config.json")
     assert len(config["id2label"]) == 6
     assert config["init_lineage"][0]["num_labels"] == 10 and config["init_lineage"][0]["head"] == "re-initialised"
@@ -309,4 +308,4 @@ def test_fine_tune_from_a_converted_transformers_vit(poses, tmp_path):
     weights = load_file(out_dir / "model.safetensors")
     assert weights["classifier.weight"].shape == (6, 48)
     with pytest.raises(SystemExit, match="'vit' checkpoint, not a ViTYoga one; convert it first"):
-        train.main(tiny_args(poses, tmp_path / "raw", "--init_from", str(tmp_path / "hf")))
+        train_main(tiny_args(poses, tmp_path / "raw", "--init_from", str(tmp_path / "hf")))

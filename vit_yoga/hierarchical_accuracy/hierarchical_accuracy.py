@@ -43,7 +43,7 @@ Returns:
         `hierarchy_parents`): accuracy of the coarse class implied by the top-1 prediction.
 
 Examples:
-    >>> metric = evaluate.load("metrics/hierarchical_accuracy")
+    >>> metric = evaluate.load("vit_yoga/hierarchical_accuracy")
     >>> results = metric.compute(
     ...     predictions=[[0.1, 0.7, 0.2, 0.0], [0.6, 0.1, 0.2, 0.1], [0.3, 0.1, 0.2, 0.4]],
     ...     references=[1, 1, 2],

@@ -1,0 +1,174 @@
+"""train.py's flags: three dataclasses read by transformers' HfArgumentParser, over the defaults of recipes.py.
+
+Every ``TrainingArguments`` flag works as in any transformers script. The fields below hold neutral values only
+(augmentation off, no early stopping); the values a run starts from are the recipe's, applied before parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from configuration_vit_yoga import VIT_YOGA_PRESETS
+
+from .hub import HubTarget
+from .recipes import run_defaults
+
+SYNTHETIC = "synthetic"
+RECIPE_DEFAULT = "Default: set by the recipe (see the README's recipes)."
+
+
+@dataclass
+class ModelArguments:
+    model_preset: str | None = field(
+        default=None, metadata={"help": f"Model size: one of {sorted(VIT_YOGA_PRESETS)}. {RECIPE_DEFAULT}"}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config fields to override, 'k=v,k=v' (e.g. 'num_hidden_layers=6,drop_path_rate=0.1'). "
+                          "With --init_from, architecture fields must equal the checkpoint's."},
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "A ViTYoga checkpoint folder or Hub id to start from (e.g. a model trained on another "
+                          "label level, or convert_vit_checkpoint.py's output). A head whose classes differ is "
+                          "re-initialised."},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flash_attention_2, ..."})
+    hidden_dropout_prob: float | None = field(
+        default=None,
+        metadata={"help": "Dropout on the embeddings and after attention and MLP. Default: the recipe's for a new "
+                          "model, the checkpoint's with --init_from."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str = field(
+        default=SYNTHETIC,
+        metadata={"help": "'synthetic' (generated once into a cache folder), a folder written by `python -m yoga82 "
+                          "prepare`, or a Hub data set id."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub data set's config."})
+    train_dir: str | None = field(default=None, metadata={"help": "An image folder (one subfolder per class)."})
+    validation_dir: str | None = field(default=None, metadata={"help": "An image folder for validation."})
+    test_dir: str | None = field(default=None, metadata={"help": "An image folder for the final test."})
+    label_level: str = field(
+        default="3",
+        metadata={"help": "1, 2, 3 or all: Yoga-82's label_6, label_20, label_82, or all three heads at once.",
+                  "choices": ["1", "2", "3", "all"]},
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "The label column of a data set that is not Yoga-82 (overrides label_level)."}
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Default: the data set's Image column."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Same as --config_overrides image_size=N. Default: the model's."}
+    )
+    train_crop: str = field(
+        default="none",
+        metadata={"help": "Training crop: 'random' (squash to 8/7 of the size, then a random crop: the report's 224 "
+                          f"from 256) or 'none' (squash to the size, as evaluation does). {RECIPE_DEFAULT}",
+                  "choices": ["random", "none"]},
+    )
+    hflip: float = field(
+        default=0.0, metadata={"help": f"Probability of a horizontal flip in training (0: off). {RECIPE_DEFAULT}"}
+    )
+    rand_augment_ops: int = field(
+        default=0, metadata={"help": f"RandAugment operations per training image (0: off). {RECIPE_DEFAULT}"}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of train held out when the data set has no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
+    synthetic_images_per_class: int = field(default=40, metadata={"help": "Size of the synthetic data set."})
+    synthetic_image_size: int = field(default=64, metadata={"help": "Side of the synthetic images."})
+
+    @property
+    def synthetic(self) -> bool:
+        return self.dataset_name == SYNTHETIC and not self.train_dir
+
+
+@dataclass
+class YogaTrainingArguments(TrainingArguments):
+    """TrainingArguments plus the two run-level flags transformers 5 no longer has."""
+
+    early_stopping_patience: int = field(
+        default=0,
+        metadata={"help": "Stop after this many evaluations without a better --metric_for_best_model (0: off). "
+                          + RECIPE_DEFAULT},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an --output_dir that holds another run (its files are moved aside and "
+                          "removed once this run has finished)."},
+    )
+
+
+@dataclass
+class RunArguments:
+    model: ModelArguments
+    data: DataArguments
+    training: YogaTrainingArguments
+    hub: HubTarget | None  # where to push the finished folder; it alone holds the token
+    defaults_note: str  # what the log says about the defaults this run started from
+
+
+def _parser(add_help: bool = True) -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, YogaTrainingArguments), add_help=add_help)
+
+
+def _field_defaults() -> dict[str, Any]:
+    return {f.name: f.default for cls in (ModelArguments, DataArguments) for f in fields(cls)}
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)  # TrainingArguments turns some strings into enums
+
+
+def parse_arguments(argv: list[str]) -> RunArguments:
+    """Parse the command line (or one JSON file of flags) over the defaults of recipes.py."""
+    json_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
+    if json_file:
+        given = json.loads(Path(json_file).read_text())
+        first = {**_field_defaults(), **given}
+    else:
+        # The same parser (so the same spellings and abbreviations), without --help and without building the
+        # dataclasses: only the flags that choose the defaults are read here.
+        first = vars(_parser(add_help=False).parse_known_args(argv)[0])
+    defaults, recipe, source = run_defaults(
+        synthetic=first["dataset_name"] == SYNTHETIC and not first["train_dir"],
+        init_from=first["init_from"],
+        label_level=first["label_level"],
+        label_column=first["label_column"],
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+    )
+    parser = _parser()
+    if json_file:
+        model_args, data_args, training_args = parser.parse_dict({**defaults, **given})
+    else:
+        parser.set_defaults(**defaults)
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+
+    if model_args.model_preset and model_args.model_preset not in VIT_YOGA_PRESETS:
+        raise SystemExit(f"error: --model_preset {model_args.model_preset!r} is unknown; choose one of "
+                         f"{sorted(VIT_YOGA_PRESETS)}.")
+    hub = HubTarget.from_training_args(training_args) if training_args.push_to_hub else None
+    # The token must not be pickled into every checkpoint's training_args.bin; the hub target keeps it. Trainer
+    # must not push either: the finished folder is pushed once, at the end.
+    training_args.hub_token = None
+    training_args.push_to_hub = False
+
+    values = {**vars(model_args), **vars(data_args), **vars(training_args)}
+    kept = ", ".join(f"{name}={_plain(values[name])}" for name in recipe if values[name] == recipe[name])
+    note = f"Defaults from {source} (a flag you give overrides its default): {kept}."
+    if data_args.synthetic:
+        note = ("No data set given: training on the built-in synthetic poses (pass --dataset_name <folder or Hub id> "
+                f"for Yoga-82). {note}")
+    return RunArguments(model_args, data_args, training_args, hub, note)

@@ -1,0 +1,187 @@
+"""The data set of a run and its labels: loading (a prepared folder, the Hub, image folders or the built-in synthetic
+poses), the splits, the label columns and the label hierarchy as the data states it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import TrainingArguments
+
+from yoga82.labels import LEVELS
+
+from .arguments import DataArguments
+
+logger = logging.getLogger(__name__)
+
+# --label_level -> the Yoga-82 label columns a model predicts, coarsest first.
+LEVEL_COLUMNS = {"1": [LEVELS[0]], "2": [LEVELS[1]], "3": [LEVELS[2]], "all": list(LEVELS)}
+
+
+@dataclass
+class Labels:
+    """What the model predicts: its label columns (coarsest first), their class names, and the data set's label
+    hierarchy as ViTYogaConfig fields (empty when the data set has no Yoga-82-style levels)."""
+
+    columns: list[str]
+    class_names: list[list[str]]
+    hierarchy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hierarchical(self) -> bool:
+        """One head per level (``--label_level all``)."""
+        return len(self.columns) > 1
+
+    @property
+    def label_level(self) -> str | None:
+        """The hierarchy level a one-head model predicts (ViTYogaConfig.label_level), if it is one."""
+        levels = self.hierarchy.get("hierarchy_levels", [])
+        return self.columns[0] if not self.hierarchical and self.columns[0] in levels else None
+
+
+def synthetic_cache() -> Path:
+    return Path(os.environ.get("VIT_YOGA_CACHE", Path.home() / ".cache" / "vit-yoga"))
+
+
+def load_image_dataset(data_args: DataArguments, training_args: TrainingArguments) -> datasets.DatasetDict:
+    """The data set as a DatasetDict with train, validation and (if there is one) test splits."""
+    if data_args.train_dir:
+        data_files = {"train": os.path.join(data_args.train_dir, "**")}
+        for split, folder in (("validation", data_args.validation_dir), ("test", data_args.test_dir)):
+            if folder:
+                data_files[split] = os.path.join(folder, "**")
+        for split, pattern in data_files.items():
+            if not Path(pattern).parent.is_dir():
+                raise SystemExit(f"error: --{split}_dir {Path(pattern).parent} is not a folder.")
+        dataset = datasets.load_dataset("imagefolder", data_files=data_files)
+    elif data_args.synthetic:
+        from yoga82 import generate_synthetic
+
+        folder = synthetic_cache() / (
+            f"synthetic-{data_args.synthetic_images_per_class}x{data_args.synthetic_image_size}px-seed0"
+        )
+        with training_args.main_process_first(desc="generating the synthetic poses"):
+            if not folder.exists():
+                logger.info(f"Generating the synthetic poses once into {folder}")
+            generate_synthetic(folder, data_args.synthetic_images_per_class, data_args.synthetic_image_size, seed=0)
+        dataset = datasets.load_dataset(str(folder))
+    else:
+        dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    if "train" not in dataset:
+        raise SystemExit(f"error: {data_args.dataset_name} has no 'train' split (it has {sorted(dataset)}).")
+    if training_args.do_predict and "test" not in dataset:
+        raise SystemExit(
+            f"error: --do_predict asks for a test evaluation, but {data_args.dataset_name} has no 'test' split (it has "
+            f"{sorted(dataset)}); pass --test_dir or drop --do_predict."
+        )
+    if "validation" not in dataset:
+        logger.info(f"No validation split: holding out {data_args.validation_fraction:.0%} of train.")
+        split = dataset["train"].train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
+        dataset["train"], dataset["validation"] = split["train"], split["test"]
+    return dataset
+
+
+def load_data(data_args: DataArguments, training_args: TrainingArguments) -> tuple[datasets.DatasetDict, str, Labels]:
+    """The splits, the image column and the labels; --max_*_samples truncate only after the labels and their
+    hierarchy are read off the whole data set."""
+    dataset = load_image_dataset(data_args, training_args)
+    image_column = find_image_column(dataset["train"].features, data_args.image_column)
+    labels = find_labels(dataset, data_args)
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit and split in dataset:
+            dataset[split] = dataset[split].select(range(min(limit, len(dataset[split]))))
+    return dataset, image_column, labels
+
+
+def find_image_column(features: datasets.Features, requested: str | None) -> str:
+    if requested:
+        if requested not in features:
+            raise SystemExit(f"error: --image_column {requested!r} is not in the data set (columns: {list(features)}).")
+        return requested
+    image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    if not image_columns:
+        raise SystemExit(
+            f"error: the data set has no image column (columns: {list(features)}); pass --image_column or use a data "
+            "set with an Image feature (e.g. one written by `python -m yoga82 prepare`)."
+        )
+    return image_columns[0]
+
+
+def find_labels(dataset: datasets.DatasetDict, data_args: DataArguments) -> Labels:
+    """The label columns ``--label_level`` / ``--label_column`` name, as ClassLabels in every split, and the data set's
+    hierarchy. String or integer columns become one ClassLabel named from train."""
+    features = dataset["train"].features
+    columns = [data_args.label_column] if data_args.label_column else LEVEL_COLUMNS[data_args.label_level]
+    if not data_args.label_column and not all(c in features for c in columns) and "label" in features:
+        raise SystemExit(
+            f"error: --label_level {data_args.label_level} needs the column(s) {columns}, which this data set lacks "
+            f"(columns: {list(features)}); for a data set that is not Yoga-82 pass --label_column label."
+        )
+    for column in columns:
+        if column not in features:
+            flag = "--label_column" if data_args.label_column else f"--label_level {data_args.label_level}"
+            raise SystemExit(
+                f"error: {flag} needs the column {column!r}, which this data set lacks (columns: {list(features)}); "
+                "choose a label column the data set has with --label_column."
+            )
+        if not isinstance(features[column], datasets.ClassLabel):
+            # Strings or ints: one ClassLabel, named from train, for every split (so that ids agree across splits).
+            values = sorted(set(dataset["train"].unique(column)))
+            class_label = datasets.ClassLabel(names=[str(v) for v in values])
+            ids = {value: i for i, value in enumerate(values)}
+            for split in dataset:
+                split_features = dataset[split].features.copy()
+                split_features[column] = class_label
+                dataset[split] = dataset[split].map(
+                    _encode_labels, batched=True, fn_kwargs={"column": column, "ids": ids}, features=split_features
+                )
+    names = [list(dataset["train"].features[c].names) for c in columns]
+    hierarchy = {} if data_args.label_column else hierarchy_of_dataset(dataset)
+    return Labels(columns, names, hierarchy)
+
+
+def _encode_labels(batch: dict[str, list], column: str, ids: dict[Any, int]) -> dict[str, list[int]]:
+    return {column: [ids[value] for value in batch[column]]}
+
+
+def hierarchy_of_dataset(dataset: datasets.DatasetDict) -> dict[str, Any]:
+    """The Yoga-82 hierarchy as the data set states it, as ViTYogaConfig fields: ClassLabel names per level and
+    parents read off the rows.
+
+    Empty when the data set lacks Yoga-82's three level columns. Rows whose labels contradict one another stop
+    training with an error (a fine class under two parents).
+    """
+    levels = list(LEVELS)
+    features = dataset["train"].features
+    if not all(isinstance(features.get(level), datasets.ClassLabel) for level in levels):
+        return {}
+    names = [list(features[level].names) for level in levels]
+    parents = []
+    for coarse, fine in zip(levels, levels[1:], strict=False):
+        pairs = set()
+        for split in dataset.values():
+            ids = split.select_columns([coarse, fine]).with_format("numpy")[:]  # label columns only, no images
+            pairs.update(zip(ids[fine].tolist(), ids[coarse].tolist(), strict=True))
+        parent = {}
+        for child, coarse_id in sorted(pairs):
+            if parent.setdefault(child, coarse_id) != coarse_id:
+                raise SystemExit(
+                    f"error: the data set's rows put {fine} class {names[levels.index(fine)][child]!r} under two "
+                    f"{coarse} classes ({parent[child]} and {coarse_id}); fix the labels (python -m yoga82 prepare "
+                    "checks them)."
+                )
+        fine_names = names[levels.index(fine)]
+        unknown = [fine_names[i] for i in range(len(fine_names)) if i not in parent]
+        if unknown:
+            raise SystemExit(
+                f"error: the data set has no example of {fine} class(es) {unknown[:3]}, so their {coarse} parent is "
+                f"unknown; predict one level (--label_level) or use a data set with every class."
+            )
+        parents.append([parent[i] for i in range(len(fine_names))])
+    return {"hierarchy_levels": levels, "hierarchy_class_names": names, "hierarchy_parents": parents}

@@ -1,0 +1,73 @@
+"""The output folder of a run: it belongs to one run, resumes from its own last complete checkpoint, and ends with
+only that run's files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from transformers import TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-*`` that finished saving (trainer_state.json is written last), or None."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    complete = [p for p in candidates if (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[1]))) if complete else None
+
+
+def resolve_resume(training_args: TrainingArguments) -> str | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (``latest``: the newest complete one in --output_dir)."""
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return None
+    if value.lower() in ("latest", "true", "last"):
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        if checkpoint is None:
+            raise SystemExit(f"error: no complete checkpoint in {training_args.output_dir} to resume from.")
+        return checkpoint
+    if not (Path(value) / "trainer_state.json").is_file():
+        latest = last_complete_checkpoint(Path(value).parent)
+        raise SystemExit(
+            f"error: {value} is not a complete checkpoint (no trainer_state.json; the run was probably killed while "
+            f"saving it). Resume from {latest or 'an earlier checkpoint'} or pass --resume_from_checkpoint latest."
+        )
+    return value
+
+
+def claim_output_dir(training_args: TrainingArguments, overwrite: bool) -> Path | None:
+    """Make ``--output_dir`` this run's, before any work. A folder holding another run's files is refused, unless
+    ``overwrite`` (--overwrite_output_dir): then it is moved aside, and the returned path is removed by
+    ``release_previous_run`` once this run has written its own results. A resumed run's folder is its own."""
+    output_dir = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint is not None or not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return None
+    if not overwrite:
+        found = sorted(p.name for p in output_dir.iterdir())
+        raise SystemExit(
+            f"error: --output_dir {output_dir} already holds files of another run ({', '.join(found[:5])}"
+            f"{', ...' if len(found) > 5 else ''}). Pass --resume_from_checkpoint latest to continue that run, "
+            "--overwrite_output_dir to start over there, or choose another --output_dir."
+        )
+    previous = output_dir.with_name(f".{output_dir.name}.previous-run-{uuid.uuid4().hex[:8]}")
+    with training_args.main_process_first(local=training_args.save_on_each_node, desc="moving the previous run"):
+        if training_args.should_save:
+            os.replace(output_dir, previous)
+            logger.warning(f"--overwrite_output_dir: moved the previous run in {output_dir} to {previous}; it is "
+                           "removed when this run has finished.")
+    return previous if training_args.should_save else None
+
+
+def release_previous_run(previous: Path | None) -> None:
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)

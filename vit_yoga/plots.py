@@ -1,0 +1,66 @@
+"""The figures of a run: loss and accuracy per epoch (the report's figures), and a confusion matrix per level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _figure(width: float, height: float, layout: str | None = "constrained"):
+    # The object-oriented API with its own Agg canvas: no pyplot state, no change of the process's backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_history(log_history: list[dict[str, Any]], path: Path) -> bool:
+    """Loss and accuracy per epoch, train and validation; False (nothing written) when nothing was logged."""
+    train = [e for e in log_history if "loss" in e and "epoch" in e]
+    evals = [e for e in log_history if "eval_loss" in e]
+    if not train and not evals:
+        return False
+    figure = _figure(11, 4)
+    ax_loss, ax_acc = figure.subplots(1, 2)
+    ax_loss.plot([e["epoch"] for e in train], [e["loss"] for e in train], "o-", label="train")
+    ax_loss.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="validation")
+    with_accuracy = [e for e in train if "train_accuracy" in e]
+    ax_acc.plot([e["epoch"] for e in with_accuracy], [e["train_accuracy"] for e in with_accuracy], "o-",
+                label="train (augmented)")
+    ax_acc.plot([e["epoch"] for e in evals], [e.get("eval_accuracy", np.nan) for e in evals], "o-",
+                label="validation")
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.savefig(path, dpi=120)
+    return True
+
+
+def plot_confusion(logits: np.ndarray, labels: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix (true class per row) of the top-1 predictions."""
+    n = len(names)
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (labels, logits.argmax(-1)), 1)
+    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = min(4 + 0.18 * n, 22)
+    ticks = [name[:28] for name in names]
+    font = 6 if n > 30 else 8
+    # Fixed margins sized for the longest name: a layout engine would measure every tick label twice, which is
+    # most of the time an 82-class figure takes.
+    margin = (0.6 * font * max(map(len, ticks)) / 72 + 0.5) / size
+    figure = _figure(size, size, layout=None)
+    figure.subplots_adjust(left=margin, bottom=margin, right=0.98, top=1 - 0.4 / size)
+    ax = figure.subplots()
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), ticks, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), ticks, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    figure.savefig(path, dpi=110)

@@ -1,0 +1,95 @@
+"""Every default of a training run, in one place: the recipes, and what the machine and the run itself decide.
+
+train.py applies these *before* it parses the user's flags (``parse_arguments`` in arguments.py), so a flag the
+user gives wins by construction, in any spelling the parser accepts and in a JSON arguments file. The dataclass
+fields in arguments.py hold only neutral values (augmentation off, no early stopping); the library's own defaults
+(TrainingArguments') apply to anything no recipe mentions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+# What every run of train.py needs, whatever the recipe: an evaluation per epoch that keeps the best checkpoint by
+# validation accuracy, our own image columns (Trainer must not drop them), and callback state (early stopping's
+# patience) carried across a resume.
+RUN_DEFAULTS: dict[str, Any] = dict(
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    logging_strategy="epoch",
+    save_total_limit=2,
+    load_best_model_at_end=True,
+    metric_for_best_model="accuracy",
+    remove_unused_columns=False,
+    restore_callback_states_from_checkpoint=True,
+)
+
+# The course report's recipe for Yoga-82: ViT-Ti/16 at 224 px from 256 px images, AdamW, RandAugment.
+REPORT_RECIPE: dict[str, Any] = dict(
+    model_preset="vit-ti16",
+    hidden_dropout_prob=0.1,
+    learning_rate=2e-4,
+    adam_beta1=0.9,
+    adam_beta2=0.999,
+    weight_decay=0.05,
+    per_device_train_batch_size=256,
+    per_device_eval_batch_size=256,
+    num_train_epochs=100.0,
+    max_grad_norm=5.0,
+    lr_scheduler_type="linear",
+    train_crop="random",
+    hflip=0.5,
+    rand_augment_ops=2,
+    early_stopping_patience=12,
+    # Decoding and augmenting 256 px JPEGs costs a few ms per image: feed the model from several processes.
+    dataloader_num_workers=min(8, os.cpu_count() or 1),
+)
+
+# Out of the box (no data set given): the built-in synthetic poses, with a model and schedule sized for a CPU.
+SYNTHETIC_POSES: dict[str, Any] = dict(
+    model_preset="vit-pico",
+    hidden_dropout_prob=0.0,  # a few thousand clean drawings: dropout only slows learning down
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=128,
+    num_train_epochs=60.0,
+    learning_rate=1e-3,
+    warmup_steps=100,
+    rand_augment_ops=0,
+    dataloader_num_workers=0,
+)
+
+# Architecture and regularisation come from the checkpoint that --init_from names, not from a recipe.
+FROM_CHECKPOINT = ("model_preset", "hidden_dropout_prob")
+
+
+def machine_defaults(world_size: int) -> dict[str, Any]:
+    """What this machine decides: CPU processes run one distributed job (gloo) where there is no accelerator, and
+    pinned memory only where there is one to copy to."""
+    has_accelerator = torch.accelerator.is_available()
+    return dict(use_cpu=world_size > 1 and not has_accelerator, dataloader_pin_memory=has_accelerator)
+
+
+def output_dir_name(label_level: str, label_column: str | None) -> str:
+    """``runs/level1``, ``runs/all`` or ``runs/<label column>``."""
+    if label_column:
+        return label_column
+    return "all" if label_level == "all" else f"level{label_level}"
+
+
+def run_defaults(
+    *, synthetic: bool, init_from: str | None, label_level: str, label_column: str | None, world_size: int
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The defaults of one run: all of them, the recipe's alone (for the log), and the recipe's name."""
+    recipe, source = dict(REPORT_RECIPE), "the course report's recipe"
+    if synthetic:
+        recipe.update(SYNTHETIC_POSES)
+        source = "the course report's recipe with the synthetic poses' CPU-sized settings"
+    if init_from:
+        for name in FROM_CHECKPOINT:
+            recipe.pop(name)
+    defaults = {**RUN_DEFAULTS, **recipe, **machine_defaults(world_size)}
+    defaults["output_dir"] = os.path.join("runs", output_dir_name(label_level, label_column))
+    return defaults, recipe, source
