@@ -343,9 +343,9 @@ class ViTYogaModel(ViTYogaPreTrainedModel):
     ) -> BaseModelOutputWithPooling | tuple:
         """``pooled_only=True`` (what the classifiers pass): only ``pooler_output`` is needed, so the last block
         computes the class token's output alone; ``last_hidden_state`` then holds just that token. Exact: the other
-        tokens' final states feed nothing the class token reads. It skips about three quarters of the last block
-        (its keys and values still cover every token), ~6% of the model's FLOPs, forward and backward. Ignored when
-        hidden states or attention maps are requested."""
+        tokens' final states feed nothing the class token reads. It skips most of the last block (its keys and values
+        still cover every token), forward and backward; benchmarks/README.md measures the gain. Ignored when hidden
+        states or attention maps are requested."""
         if pixel_values is None:
             raise ValueError("ViTYoga needs pixel_values (batch, channels, height, width).")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -507,7 +507,7 @@ def vit_yoga_image_processor(
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
 ) -> ViTImageProcessor:
     """The image processor a checkpoint ships with: resize to the model's size, rescale to [0, 1], normalise."""
-    from transformers import ViTImageProcessor  # here, not at the top: it costs half of this module's import time
+    from transformers import ViTImageProcessor  # imported when needed: loading a model never needs it
 
     return ViTImageProcessor(
         do_resize=True,

@@ -30,7 +30,7 @@ from vit_yoga.outputs import claim_output_dir, release_previous_run, resolve_res
 from vit_yoga.plots import plot_history
 from vit_yoga.runtime import setup_logging, share_cpu_cores
 from vit_yoga.trainer import YogaTrainer
-from vit_yoga.transforms import BatchTransform, ImageTransform, TrainingCollator, collate
+from vit_yoga.transforms import BatchTransform, EvaluationTransform, TrainingCollator, TrainingTransform, collate
 
 logger = logging.getLogger("train")
 
@@ -64,13 +64,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{config.num_hidden_layers} layers x {config.hidden_size} wide, {config.image_size} px; labels "
                 f"{labels.columns}; data {', '.join(f'{k}: {len(v)}' for k, v in dataset.items())}")
 
-    # 4. Input pipeline: images decoded and augmented on the fly, the processor's normalisation.
+    # 4. Input pipeline: training images decoded and augmented on the fly; evaluation images prepared exactly as
+    # pipeline("image-classification") prepares them with the saved processor.
+    train_transform = TrainingTransform(
+        config.image_size, processor.image_mean, processor.image_std, train_crop=data_args.train_crop,
+        hflip=data_args.hflip, rand_augment_ops=data_args.rand_augment_ops,
+    )
     for split, ds in dataset.items():
-        ds = ds.cast_column(image_column, datasets.Image(decode=False))  # decoded by ImageTransform (draft mode)
-        transform = ImageTransform(
-            config.image_size, split == "train", processor.image_mean, processor.image_std,
-            train_crop=data_args.train_crop, hflip=data_args.hflip, rand_augment_ops=data_args.rand_augment_ops,
-        )
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))  # decoded by the transforms
+        transform = train_transform if split == "train" else EvaluationTransform(processor)
         ds.set_transform(BatchTransform(transform, image_column, labels.columns))
         dataset[split] = ds
 

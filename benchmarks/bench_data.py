@@ -9,10 +9,11 @@ scrape of the web delivers them, and "prepared" JPEGs of the same pictures at 25
 prepared data set stores them. On each set it times, in one process with one thread (what a DataLoader worker
 gets), interleaved in rounds:
 
-- ``train``: train.py's ``ImageTransform(224, train=True)`` with the report recipe's augmentation, on
+- ``train``: train.py's ``TrainingTransform(224)`` with the report recipe's augmentation, on
   ``{"bytes", "path"}`` dicts, exactly what a datasets ``Image(decode=False)`` column hands it: JPEG draft-mode
   decoding, uint8 resize/crop/flip, RandAugment on PIL, one conversion to float at the end;
-- ``eval``: the same with ``train=False`` (decode, resize, normalise);
+- ``eval``: train.py's ``EvaluationTransform``: the image as the pipeline loads it (full decode, EXIF orientation,
+  RGB) through the checkpoint's image processor (resize, rescale, normalise);
 - ``train-full-decode``: the train transform given an already fully decoded PIL image (no draft mode): what draft
   mode saves;
 - ``train-float-first``: the same augmentations on a float tensor converted right after decoding (the common
@@ -101,18 +102,18 @@ def save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # The pipelines
 # --------------------------------------------------------------------------------------------------------------
-def load_build_image_transform() -> Callable[..., Callable[[Any], torch.Tensor]]:
-    """A builder of train.py's transform (vit_yoga.transforms.ImageTransform) with the report recipe's augmentation."""
+def load_train_transform(image_size: int) -> Callable[[Any], torch.Tensor]:
+    """train.py's training transform (vit_yoga.transforms.TrainingTransform) with the report recipe's augmentation."""
     try:
         from vit_yoga.recipes import REPORT_RECIPE
-        from vit_yoga.transforms import ImageTransform
+        from vit_yoga.transforms import TrainingTransform
     except ImportError as error:
         raise SystemExit(
             f"benchmarks/bench_data.py needs vit_yoga.transforms and its dependencies ({error}); run it from the "
             "repository with the project installed (pip install -e .)."
         ) from error
     augmentation = {k: REPORT_RECIPE[k] for k in ("train_crop", "hflip", "rand_augment_ops")}
-    return lambda image_size, train, mean, std: ImageTransform(image_size, train, mean, std, **augmentation)
+    return TrainingTransform(image_size, IMAGE_MEAN, IMAGE_STD, **augmentation)
 
 
 def float_first_transform(image_size: int) -> v2.Compose:
@@ -128,11 +129,10 @@ def float_first_transform(image_size: int) -> v2.Compose:
 def tensor_randaugment_transform(image_size: int) -> Callable[[Any], torch.Tensor] | None:
     """train.py's transform as it was before, with RandAugment on the uint8 tensor: what running it on PIL saves.
 
-    torchvision's tensor kernels for RandAugment's affine ops (grid_sample in float), Sharpness (a float conv) and
-    AutoContrast are 3 to 20 times slower than PIL's at 224 px on one thread; the PIL round trip costs ~0.07 ms.
+    benchmarks/README.md gives the measured difference.
     """
     try:
-        from vit_yoga.transforms import CROP_RATIO, decode_image
+        from vit_yoga.transforms import CROP_RATIO, open_image
     except ImportError:
         return None
     load_size = round(image_size * CROP_RATIO)
@@ -141,19 +141,19 @@ def tensor_randaugment_transform(image_size: int) -> Callable[[Any], torch.Tenso
         v2.RandomHorizontalFlip(), v2.RandAugment(num_ops=2),
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(IMAGE_MEAN), list(IMAGE_STD)),
     ])
-    return lambda image: pipeline(decode_image(image, load_size))
+    return lambda image: pipeline(open_image(image, draft_size=load_size))
 
 
 def pipelines(image_size: int) -> dict[str, Callable[[Path], torch.Tensor]]:
-    build_image_transform = load_build_image_transform()
     from configuration_vit_yoga import ViTYogaConfig
     from modeling_vit_yoga import vit_yoga_image_processor
+    from vit_yoga.transforms import EvaluationTransform
 
-    train = build_image_transform(image_size, True, IMAGE_MEAN, IMAGE_STD)
-    evaluate = build_image_transform(image_size, False, IMAGE_MEAN, IMAGE_STD)
+    train = load_train_transform(image_size)
+    processor = vit_yoga_image_processor(ViTYogaConfig(image_size=image_size), IMAGE_MEAN, IMAGE_STD)
+    evaluate = EvaluationTransform(processor)
     float_first = float_first_transform(image_size)
     tensor_randaugment = tensor_randaugment_transform(image_size)
-    processor = vit_yoga_image_processor(ViTYogaConfig(image_size=image_size), IMAGE_MEAN, IMAGE_STD)
 
     def as_datasets_dict(path: Path) -> dict[str, Any]:
         return {"bytes": path.read_bytes(), "path": None}  # what Image(decode=False) gives for a Parquet data set
@@ -231,7 +231,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
 def measure_dataloader(files: list[Path], workers: int, batch_size: int) -> float:
     """Images per second out of a DataLoader, from the first batch on (worker start-up is not the steady state)."""
-    transform = load_build_image_transform()(IMAGE_SIZE, True, IMAGE_MEAN, IMAGE_STD)
+    transform = load_train_transform(IMAGE_SIZE)
     loader = torch.utils.data.DataLoader(
         ImageFiles(files, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
         prefetch_factor=4 if workers else None, persistent_workers=False,

@@ -23,7 +23,7 @@ import yoga82
 from configuration_vit_yoga import ViTYogaConfig
 from modeling_vit_yoga import ViTYogaForHierarchicalClassification, ViTYogaForImageClassification
 from vit_yoga.data import LEVEL_COLUMNS
-from vit_yoga.transforms import ImageTransform
+from vit_yoga.transforms import TrainingTransform
 
 train_main = load_script("train.py")["main"]
 
@@ -64,10 +64,10 @@ def deterministic_flags(poses: Path, init: Path, out: Path, label_level: str, *e
 
 
 def split_batch(poses: Path, split: str, count: int, columns: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``count`` examples of a split as train.py feeds them without augmentation."""
+    """The first ``count`` examples of a split as train.py feeds them (no augmentation: train = evaluation)."""
     rows = datasets.load_dataset(str(poses))[split].select(range(count))
     rows = rows.cast_column("image", datasets.Image(decode=False))
-    transform = ImageTransform(32, train=False, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    transform = TrainingTransform(32, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
     pixels = torch.stack([transform(image) for image in rows["image"]])
     labels = torch.tensor([[row[c] for c in columns] for row in rows], dtype=torch.long)
     return pixels, labels

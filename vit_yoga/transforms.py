@@ -1,56 +1,57 @@
-"""The input pipeline: decoding and augmenting one image (torchvision.transforms.v2), and the collate steps that make
-batches, with the training batches' targets turned into class probabilities where label smoothing asks for them."""
+"""The input pipeline: decoding and augmenting one training image (torchvision.transforms.v2), preparing one
+evaluation image exactly as the pipeline users call does, and the collate steps that make batches, with the training
+batches' targets turned into class probabilities where label smoothing asks for them."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
+from transformers.image_utils import load_image
 
 # The report's recipe scales its 256 px images to 224 by random crops: train images are cut from 8/7 of the size.
 CROP_RATIO = 256 / 224
 
 
-def decode_image(image: Image.Image | dict[str, Any], min_size: int) -> Image.Image:
-    """An RGB PIL image from a decoded image or a datasets ``Image(decode=False)`` dict.
+def open_image(image: Image.Image | dict[str, Any], draft_size: int | None = None) -> Image.Image:
+    """An upright RGB PIL image from a decoded image or a datasets ``Image(decode=False)`` dict, loaded exactly as
+    the image-classification pipeline loads what users give it (transformers' ``load_image``: EXIF orientation
+    applied, then RGB).
 
-    JPEGs are decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below ``min_size``,
-    which makes full-size web photos several times cheaper to decode than decoding them whole and resizing.
+    ``draft_size``: decode JPEGs in draft mode, where libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below
+    that size; several times cheaper for full-size web photos. Training only: the pipeline decodes in full.
     """
     if isinstance(image, dict):
-        source = io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image["path"]
-        image = Image.open(source)
-        if image.format == "JPEG":
-            image.draft("RGB", (min_size, min_size))
-    return image if image.mode == "RGB" else image.convert("RGB")
+        image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image["path"])
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+    return load_image(image)
 
 
-class ImageTransform:
-    """Decode, augment (training) and normalise one image into a float tensor (3, image_size, image_size).
+class TrainingTransform:
+    """Decode, augment and normalise one training image into a float tensor (3, image_size, image_size).
 
-    Evaluation: squash to ``image_size``, exactly as the saved image processor (ViTImageProcessor) does for the
-    pipeline, so that test accuracy is what users get. Training adds, on uint8 tensors: a crop (``train_crop``
-    "random": squash to ``CROP_RATIO * image_size``, then a random crop), a horizontal flip with probability
-    ``hflip``, and RandAugment with ``rand_augment_ops`` operations.
+    On uint8 tensors: a crop (``train_crop`` "random": squash to ``CROP_RATIO * image_size``, then a random crop;
+    "none": squash to ``image_size``), a horizontal flip with probability ``hflip``, RandAugment with
+    ``rand_augment_ops`` operations; then the checkpoint's normalisation.
     """
 
     def __init__(
-        self, image_size: int, train: bool, image_mean: Sequence[float], image_std: Sequence[float], *,
-        train_crop: str = "none", hflip: float = 0.0, rand_augment_ops: int = 0,
+        self, image_size: int, image_mean: Sequence[float], image_std: Sequence[float], *, train_crop: str = "none",
+        hflip: float = 0.0, rand_augment_ops: int = 0,
     ) -> None:
-        crop = train and train_crop == "random"
-        self.load_size = round(image_size * CROP_RATIO) if crop else image_size
+        self.load_size = round(image_size * CROP_RATIO) if train_crop == "random" else image_size
         steps: list[Any] = [v2.PILToTensor(), v2.Resize((self.load_size, self.load_size), antialias=True)]
-        if crop:
+        if train_crop == "random":
             steps.append(v2.RandomCrop(image_size))
-        if train and hflip > 0:
+        if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(hflip))
-        if train and rand_augment_ops > 0:
+        if rand_augment_ops > 0:
             # On PIL images: PIL's kernels for RandAugment's affine ops, Sharpness and AutoContrast are faster than
             # torchvision's tensor ones (benchmarks/README.md).
             steps += [v2.ToPILImage(), v2.RandAugment(num_ops=rand_augment_ops), v2.PILToTensor()]
@@ -58,13 +59,24 @@ class ImageTransform:
         self.pipeline = v2.Compose(steps)
 
     def __call__(self, image: Image.Image | dict[str, Any]) -> torch.Tensor:
-        return self.pipeline(decode_image(image, self.load_size))
+        return self.pipeline(open_image(image, draft_size=self.load_size))
+
+
+class EvaluationTransform:
+    """One evaluation image as the image-classification pipeline prepares it: ``load_image``, then the checkpoint's
+    own image processor. The accuracy train.py reports is then what users of the checkpoint get."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image | dict[str, Any]) -> torch.Tensor:
+        return self.processor(images=open_image(image), return_tensors="pt")["pixel_values"][0]
 
 
 class BatchTransform:
     """``Dataset.set_transform`` hook: images to ``pixel_values``; label columns to ``labels``."""
 
-    def __init__(self, transform: ImageTransform, image_column: str, label_columns: list[str]) -> None:
+    def __init__(self, transform: Callable[[Any], torch.Tensor], image_column: str, label_columns: list[str]) -> None:
         self.transform, self.image_column, self.label_columns = transform, image_column, label_columns
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
