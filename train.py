@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # pipeline("image-classification") prepares them with the saved processor.
     train_transform = TrainingTransform(
         config.image_size, processor.image_mean, processor.image_std, train_crop=data_args.train_crop,
-        hflip=data_args.hflip, rand_augment_ops=data_args.rand_augment_ops,
+        crop_min_scale=data_args.crop_min_scale, hflip=data_args.hflip, rand_augment_ops=data_args.rand_augment_ops,
+        rand_augment_magnitude=data_args.rand_augment_magnitude, reprob=data_args.reprob,
     )
     for split, ds in dataset.items():
         ds = ds.cast_column(image_column, datasets.Image(decode=False))  # decoded by the transforms
@@ -84,8 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parents = labels.hierarchy.get("hierarchy_parents", []) if labels.hierarchical else []
     trainer = YogaTrainer(
         model=model, args=training_args, data_collator=collate,
-        train_collator=TrainingCollator([len(n) for n in labels.class_names], parents,
-                                        training_args.label_smoothing_factor),
+        train_collator=TrainingCollator(
+            [len(n) for n in labels.class_names], parents, label_smoothing=training_args.label_smoothing_factor,
+            mixup_alpha=data_args.mixup, cutmix_alpha=data_args.cutmix,
+        ),
         train_dataset=dataset["train"], eval_dataset=dataset["validation"], compute_metrics=metrics,
         callbacks=callbacks,
     )

@@ -45,6 +45,11 @@ class ModelArguments:
         metadata={"help": "Dropout on the embeddings and after attention and MLP. Default: the recipe's for a new "
                           "model, the checkpoint's with --init_from."},
     )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={"help": "Stochastic depth of the last block (growing linearly from 0 at the first). Default: the "
+                          "recipe's for a new model, the checkpoint's with --init_from."},
+    )
 
 
 @dataclass
@@ -73,14 +78,30 @@ class DataArguments:
     train_crop: str = field(
         default="none",
         metadata={"help": "Training crop: 'random' (squash to 8/7 of the size, then a random crop: the report's 224 "
-                          f"from 256) or 'none' (squash to the size, as evaluation does). {RECIPE_DEFAULT}",
-                  "choices": ["random", "none"]},
+                          "from 256), 'random_resized' (a random area, at least --crop_min_scale of the image, and "
+                          "aspect ratio, resized: DeiT's and timm's) or 'none' (squash to the size, as evaluation "
+                          f"does). {RECIPE_DEFAULT}",
+                  "choices": ["random", "random_resized", "none"]},
+    )
+    crop_min_scale: float = field(
+        default=0.08, metadata={"help": "Smallest share of the image a 'random_resized' crop keeps (timm's --scale)."}
     )
     hflip: float = field(
         default=0.0, metadata={"help": f"Probability of a horizontal flip in training (0: off). {RECIPE_DEFAULT}"}
     )
     rand_augment_ops: int = field(
         default=0, metadata={"help": f"RandAugment operations per training image (0: off). {RECIPE_DEFAULT}"}
+    )
+    rand_augment_magnitude: int = field(
+        default=9, metadata={"help": f"RandAugment magnitude, 0 to 30 (torchvision's default 9). {RECIPE_DEFAULT}"}
+    )
+    mixup: float = field(
+        default=0.0,
+        metadata={"help": f"MixUp alpha (0: off); with --cutmix, each batch gets one of the two. {RECIPE_DEFAULT}"},
+    )
+    cutmix: float = field(default=0.0, metadata={"help": f"CutMix alpha (0: off). {RECIPE_DEFAULT}"})
+    reprob: float = field(
+        default=0.0, metadata={"help": f"Random erasing probability (timm's --reprob; 0: off). {RECIPE_DEFAULT}"}
     )
     validation_fraction: float = field(
         default=0.1, metadata={"help": "Share of train held out when the data set has no validation split."}

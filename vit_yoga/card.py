@@ -122,8 +122,14 @@ def augmentation_summary(data_args: DataArguments, image_size: int) -> str:
     steps = []
     if data_args.train_crop == "random":
         steps.append(f"random crops of {image_size} from {round(image_size * CROP_RATIO)} px")
+    elif data_args.train_crop == "random_resized":
+        steps.append(f"random resized crops (scale {data_args.crop_min_scale}-1)")
     if data_args.hflip > 0:
         steps.append(f"horizontal flips (p={data_args.hflip})")
     if data_args.rand_augment_ops > 0:
-        steps.append(f"RandAugment ({data_args.rand_augment_ops} ops)")
+        steps.append(f"RandAugment ({data_args.rand_augment_ops} ops, magnitude {data_args.rand_augment_magnitude})")
+    if data_args.reprob > 0:
+        steps.append(f"random erasing (p={data_args.reprob})")
+    steps += [f"{name} (alpha {alpha})" for name, alpha in (("MixUp", data_args.mixup), ("CutMix", data_args.cutmix))
+              if alpha > 0]
     return ", ".join(steps) or "none"

@@ -45,9 +45,11 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
 
 
 def config_overrides(model_args: ModelArguments, data_args: DataArguments) -> dict[str, Any]:
-    """The config fields the flags set: --config_overrides, --image_size and --hidden_dropout_prob."""
+    """The config fields the flags set: --config_overrides, --image_size, --hidden_dropout_prob, --drop_path_rate."""
     overrides = parse_overrides(model_args.config_overrides)
-    for name, value in (("image_size", data_args.image_size), ("hidden_dropout_prob", model_args.hidden_dropout_prob)):
+    flags = {"image_size": data_args.image_size, "hidden_dropout_prob": model_args.hidden_dropout_prob,
+             "drop_path_rate": model_args.drop_path_rate}
+    for name, value in flags.items():
         if value is None:
             continue
         if overrides.get(name, value) != value:

@@ -62,7 +62,7 @@ SYNTHETIC_POSES: dict[str, Any] = dict(
 )
 
 # Architecture and regularisation come from the checkpoint that --init_from names, not from a recipe.
-FROM_CHECKPOINT = ("model_preset", "hidden_dropout_prob")
+FROM_CHECKPOINT = ("model_preset", "hidden_dropout_prob", "drop_path_rate")
 
 
 def machine_defaults(world_size: int) -> dict[str, Any]:
