@@ -6,8 +6,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-from .builder import DESCRIPTION, Yoga82
-from .export import push_dataset_folder, write_parquet_dataset
 from .release import read_release
 
 logger = logging.getLogger(__name__)
@@ -32,6 +30,10 @@ def prepare(
     ``resize`` scales each image's shorter side to that many pixels (JPEG); None keeps the originals (as RGB).
     Missing and undecodable images are skipped; their number per split is in the card and class_counts.json.
     """
+    # Imported here: they import `datasets` (seconds), and yoga82/__init__.py imports this module to export prepare.
+    from .builder import DESCRIPTION, Yoga82
+    from .export import push_dataset_folder, write_parquet_dataset
+
     output_dir = Path(output_dir)
     # Fail on what the user can fix before decoding thousands of images.
     read_release(release_dir, with_links=False)
