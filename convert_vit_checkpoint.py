@@ -7,18 +7,20 @@
 The source is a transformers ``ViTModel`` / ``ViTForImageClassification`` (a local folder or Hub id), a timm model
 name behind ``timm:``, or a timm checkpoint file (``.safetensors``, or ``.pth``/``.bin`` read with
 ``weights_only=True``). The converted model is checked against the source on a random batch before anything is
-written, and the output folder appears only once complete.
+written, and the output folder appears only once complete (a rerun with --overwrite_output_dir swaps it in one
+step; a crash leaves the previous one).
+
+A checkpoint without a classification head (e.g. an ImageNet-21k backbone) converts to ``ViTYogaModel``; load it for
+fine-tuning as transformers' ViT is: ``AutoModelForImageClassification.from_pretrained(folder,
+trust_remote_code=True, num_labels=K)`` gives the converted backbone with a new head of K classes.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ from transformers import PreTrainedModel, ViTForImageClassification, ViTModel
 
 from configuration_vit_yoga import ViTYogaConfig
 from modeling_vit_yoga import ViTYogaForImageClassification, ViTYogaModel, vit_yoga_image_processor
+from vit_yoga.files import staged_folder
 
 
 def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -56,8 +59,9 @@ def convert_transformers_vit(
     image_size, patch_size = src.image_size, src.patch_size
     if not isinstance(image_size, int) or not isinstance(patch_size, int):
         raise ValueError(f"Only square images and patches convert; the source has {image_size} and {patch_size}.")
-    has_head = isinstance(source, ViTForImageClassification)
-    kwargs = {"id2label": dict(src.id2label), "label2id": dict(src.label2id)} if has_head else {}
+    state = source.state_dict()
+    head = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
+    kwargs = _label_maps(src, head["weight"].shape[0]) if head else {}  # num_labels=0 (an Identity head): none
     config = ViTYogaConfig(
         image_size=image_size,
         patch_size=patch_size,
@@ -73,8 +77,6 @@ def convert_transformers_vit(
         hierarchy_levels=[],
         **kwargs,
     )
-    state = source.state_dict()
-    head = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
     state = _strip_prefix({k: v for k, v in state.items() if not k.startswith("classifier.")}, "vit.")
     backbone: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -89,9 +91,22 @@ def convert_transformers_vit(
             continue
         else:
             backbone[key.replace(".attention.o_proj.", ".attention.proj.")] = value
-    target = _build_target(config, has_head)
+    target = _build_target(config, bool(head))
     _load_into(target, backbone, head)
     return target
+
+
+def _label_maps(config, num_labels: int) -> dict[str, dict]:
+    """id2label and label2id for a head of ``num_labels``, from whichever of the two the config has.
+
+    transformers 5 writes ``"label2id": null`` for a config made with ``id2label`` alone, and may keep only one.
+    """
+    id2label = {int(i): name for i, name in (getattr(config, "id2label", None) or {}).items()}
+    if not id2label and getattr(config, "label2id", None):
+        id2label = {int(i): name for name, i in config.label2id.items()}
+    if sorted(id2label) != list(range(num_labels)):
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels)}  # names that do not fit the head are not its names
+    return {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
 
 
 # timm name -> ViTYogaModel name; a key matching none of these is a part the standard ViT does not have.
@@ -272,29 +287,26 @@ def max_abs_difference(reference: nn.Module, converted: nn.Module, batch_size: i
         theirs = out.logits if hasattr(out, "logits") else out
         return (ours.logits - theirs).abs().max().item()
     if isinstance(reference, PreTrainedModel):
-        theirs = reference(pixels).last_hidden_state
+        # A ViTForImageClassification with num_labels=0 converts to a backbone: compare with its own backbone.
+        theirs = getattr(reference, "vit", reference)(pixels).last_hidden_state
     else:
         theirs = reference.forward_features(pixels)
     return (ours.last_hidden_state - theirs).abs().max().item()
 
 
-def save_atomically(model: PreTrainedModel, image_mean: list[float], image_std: list[float], output_dir: Path) -> None:
-    """Write the checkpoint next to ``output_dir`` and rename it into place, so a crash leaves nothing half-written."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+def save_atomically(
+    model: PreTrainedModel,
+    image_mean: list[float],
+    image_std: list[float],
+    output_dir: Path,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Write the checkpoint (weights, config, code, image processor) so that ``output_dir`` appears complete or not at
+    all; a non-empty ``output_dir`` is replaced in one step if ``overwrite``, else refused."""
+    with staged_folder(output_dir, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         vit_yoga_image_processor(model.config, image_mean, image_std).save_pretrained(staging)
-        os.replace(staging, output_dir) if not output_dir.exists() else _replace_dir(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace_dir(staging: Path, output_dir: Path) -> None:
-    backup = output_dir.with_name(f".{output_dir.name}.old")
-    os.replace(output_dir, backup)
-    os.replace(staging, output_dir)
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -327,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: outputs differ by {difference:.3g} > {args.tolerance}; nothing was written.",
                   file=sys.stderr)
             return 1
-    save_atomically(converted, mean, std, output_dir)
+    save_atomically(converted, mean, std, output_dir, overwrite=args.overwrite_output_dir)
     count = sum(p.numel() for p in converted.parameters())
     print(f"wrote {type(converted).__name__} ({count:,} parameters) to {output_dir}")
     return 0

@@ -293,10 +293,12 @@ class ViTYogaPreTrainedModel(PreTrainedModel):
     def __init__(self, config: ViTYogaConfig, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
         # save_pretrained adds the class being saved to auto_map; list the others too, so that AutoConfig and
-        # AutoModel load a classifier's checkpoint as well (trust_remote_code).
+        # AutoModel load a classifier's checkpoint as well, and AutoModelForImageClassification a bare backbone's
+        # (with a new head of num_labels, as for transformers' ViT: the way a fine-tune starts) (trust_remote_code).
         auto_map = dict(getattr(config, "auto_map", None) or {})
         auto_map.setdefault("AutoConfig", "configuration_vit_yoga.ViTYogaConfig")
         auto_map.setdefault("AutoModel", "modeling_vit_yoga.ViTYogaModel")
+        auto_map.setdefault("AutoModelForImageClassification", "modeling_vit_yoga.ViTYogaForImageClassification")
         config.auto_map = auto_map
 
     def _init_weights(self, module: nn.Module) -> None:

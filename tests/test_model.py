@@ -168,6 +168,47 @@ def test_convert_cli_from_transformers_folder_and_timm_file(tmp_path, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
 
 
+def test_converter_takes_every_vit_transformers_5_and_timm_write(tmp_path):
+    """With or without label2id (transformers 5 writes null for a config made with id2label alone), with or
+    without a head (num_labels=0, a bare ViTModel, a timm model with num_classes=0)."""
+    labelled = randomize_(ViTForImageClassification(ViTConfig(**TINY, id2label={0: "cat", 1: "dog", 2: "yak"})))
+    labelled.save_pretrained(tmp_path / "labelled")
+    assert json.loads((tmp_path / "labelled" / "config.json").read_text())["label2id"] is None
+    headless = randomize_(ViTForImageClassification(ViTConfig(**TINY, num_labels=0)))
+    headless.save_pretrained(tmp_path / "headless")
+    timm_headless = randomize_(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=2,
+                                                 img_size=32, patch_size=8, embed_dim=48, num_heads=3))
+    save_file(timm_headless.state_dict(), tmp_path / "timm_headless.safetensors")
+
+    cases = [("labelled", labelled, ViTYogaForImageClassification), ("headless", headless, ViTYogaModel),
+             ("timm_headless.safetensors", timm_headless, ViTYogaModel)]
+    for source, reference, expected in cases:
+        output = tmp_path / f"{source}-converted"
+        args = ["--source", str(tmp_path / source), "--output_dir", str(output), "--num_attention_heads", "3"]
+        assert convert_vit_checkpoint.main(args) == 0, source
+        converted = expected.from_pretrained(output)
+        assert type(converted) is expected and max_abs_difference(reference, converted) < 1e-5, source
+    converted = ViTYogaForImageClassification.from_pretrained(tmp_path / "labelled-converted")
+    assert converted.config.id2label == {0: "cat", 1: "dog", 2: "yak"}
+    assert converted.config.label2id == {"cat": 0, "dog": 1, "yak": 2}
+
+
+def test_converter_replaces_its_output_in_one_step_with_ordinary_permissions(tmp_path):
+    reference = randomize_(ViTModel(ViTConfig(**TINY)))
+    reference.save_pretrained(tmp_path / "hf")
+    output = tmp_path / "out"
+    (tmp_path / ".out.old").mkdir()  # what a crash of the old code left: it blocked every later run
+    (tmp_path / ".out.old" / "config.json").write_text("{}")
+    args = ["--source", str(tmp_path / "hf"), "--output_dir", str(output), "--overwrite_output_dir"]
+    assert convert_vit_checkpoint.main(args) == 0
+    assert convert_vit_checkpoint.main(args) == 0  # and again, over the first
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "hf", "out"]  # nothing else left, nor removed
+    assert max_abs_difference(reference, ViTYogaModel.from_pretrained(output)) < 1e-5
+
+
 # ---------------------------------------------------------------- attention, outputs, training features
 
 
@@ -247,10 +288,32 @@ FRESH_PROCESS = textwrap.dedent(
     """
     import json, sys
     import numpy as np
+    import torch
     from PIL import Image
+    from safetensors.torch import load_file
     from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
                               pipeline)
-    folder = sys.argv[1]
+
+
+    def fine_tune_from(folder):
+        # How a transformers user starts a fine-tune from a backbone: a new head of num_labels.
+        model, info = AutoModelForImageClassification.from_pretrained(
+            folder, trust_remote_code=True, num_labels=5, output_loading_info=True
+        )
+        state, saved = model.state_dict(), load_file(f"{folder}/model.safetensors")
+        return {
+            "model": type(model).__name__,
+            "num_labels": model.config.num_labels,
+            "missing": sorted(info["missing_keys"]),
+            "unexpected": sorted(info["unexpected_keys"]),
+            "backbone_kept": all(torch.equal(state["vit." + key], value) for key, value in saved.items()),
+            "head_shape": list(model.classifier.weight.shape),
+            "head_std": model.classifier.weight.std().item(),
+            "head_bias": model.classifier.bias.abs().max().item(),
+        }
+
+
+    folder, backbone_folder = sys.argv[1], (sys.argv[2:] or [None])[0]
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     backbone = AutoModel.from_pretrained(folder, trust_remote_code=True)
@@ -264,6 +327,7 @@ FRESH_PROCESS = textwrap.dedent(
         "pixel_shape": list(processor(image, return_tensors="pt")["pixel_values"].shape),
         "predictions": classify(image, top_k=3),
         "logits": model(**processor(image, return_tensors="pt")).logits[0, :3].tolist(),
+        "fine_tune": fine_tune_from(backbone_folder) if backbone_folder else None,
     }))
     """
 )
@@ -271,6 +335,9 @@ FRESH_PROCESS = textwrap.dedent(
 
 @pytest.mark.parametrize("model_class", [ViTYogaForImageClassification, ViTYogaForHierarchicalClassification])
 def test_checkpoint_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, model_class):
+    """Also, with the flat classifier (sharing the process start): a converted ImageNet-21k-style backbone (no
+    head) starts a fine-tune as transformers' ViT does, with AutoModelForImageClassification and num_labels: the
+    backbone's weights kept, a new head reported as newly initialised."""
     model = randomize_(model_class(tiny_config(label_level="label_82")))
     folder = tmp_path / "checkpoint"
     model.save_pretrained(folder)
@@ -283,8 +350,13 @@ def test_checkpoint_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, mo
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder)], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", FRESH_PROCESS, str(folder)]
+    if model_class is ViTYogaForImageClassification:
+        randomize_(ViTModel(ViTConfig(**TINY))).save_pretrained(tmp_path / "in21k")
+        backbone = tmp_path / "backbone"
+        assert convert_vit_checkpoint.main(["--source", str(tmp_path / "in21k"), "--output_dir", str(backbone)]) == 0
+        command.append(str(backbone))
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["model"].startswith("transformers_modules.") and report["model"].endswith(model_class.__name__)
@@ -292,3 +364,9 @@ def test_checkpoint_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, mo
     assert report["pixel_shape"] == [1, 3, 32, 32]
     labels = [p["label"] for p in report["predictions"]]
     assert len(labels) == 3 and all(label in LABEL_82_NAMES for label in labels)
+    if model_class is ViTYogaForImageClassification:
+        fine_tune = report["fine_tune"]
+        assert fine_tune["model"] == "ViTYogaForImageClassification" and fine_tune["num_labels"] == 5
+        assert fine_tune["missing"] == ["classifier.bias", "classifier.weight"] and fine_tune["unexpected"] == []
+        assert fine_tune["backbone_kept"] and fine_tune["head_shape"] == [5, TINY["hidden_size"]]
+        assert 0.01 < fine_tune["head_std"] < 0.03 and fine_tune["head_bias"] == 0.0  # initializer_range 0.02

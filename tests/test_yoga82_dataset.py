@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import io
 import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +20,7 @@ import huggingface_hub
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import PROJECT_ROOT
 from PIL import Image
 
 from yoga82 import generate_synthetic, prepare
@@ -207,3 +216,137 @@ def test_synthetic_cli(tmp_path):
     image = Image.open(io.BytesIO(pq.read_table(next((output / "data").glob("train-*"))).column("image")[0]["bytes"]
                                   .as_py()))
     assert image.size == (16, 16)
+
+
+# ---------------------------------------------------------------------------------------------------- what prepare
+# refuses, where its temporaries go, and what a kill leaves
+
+
+def write_small_release(root: Path, per_pose: int = 6, size: tuple[int, int] = (64, 40)) -> tuple[Path, Path]:
+    """A release (split files) and its images: ``per_pose`` noise JPEGs per pose, one in six of them for test."""
+    release, images = root / "release", root / "images"
+    (release / "yoga_dataset_links").mkdir(parents=True)
+    (release / "yoga_dataset_links" / "x.txt").write_text("a/b.jpg\thttp://127.0.0.1/b.jpg\n")
+    rows: dict[str, list[str]] = {"train": [], "test": []}
+    rng = np.random.default_rng(0)
+    for pose in POSES:
+        for index in range(per_pose):
+            path = f"{pose}/{index}.jpg"
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            save(images / path, Image.fromarray(pixels), "JPEG")
+            rows["test" if index % 6 == 0 else "train"].append(f"{path},{','.join(map(str, labels(pose)))}\n")
+    for split, lines in rows.items():
+        (release / f"yoga_{split}.txt").write_text("".join(lines))
+    return release, images
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``folder``; {} when it does not exist."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    } if folder.is_dir() else {}
+
+
+def test_prepare_refuses_an_output_that_overlaps_its_inputs_before_any_work(tmp_path, monkeypatch, capsys):
+    # The natural layout of the issue: the images inside the folder the data set is to replace.
+    data = tmp_path / "data" / "yoga82"
+    release, images = write_small_release(data)
+    before = folder_digest(data)
+    (tmp_path / "alias").symlink_to(data, target_is_directory=True)
+    for module in ("yoga82.builder", "yoga82.prepare"):  # wherever prepare looks it up
+        monkeypatch.setattr(importlib.import_module(module), "Yoga82",
+                            lambda **kwargs: pytest.fail("prepare started working"), raising=False)
+
+    cases = {
+        data: ("contains", "--images_dir", tmp_path / "data" / "yoga82-parquet"),
+        images: ("is the same folder as", "--images_dir", tmp_path / "data" / "yoga82" / "images-parquet"),
+        images / "parquet": ("lies inside", "--images_dir", tmp_path / "data" / "yoga82" / "images-parquet"),
+        tmp_path / "alias": ("contains", "--images_dir", tmp_path / "data" / "yoga82-parquet"),  # via a symlink
+        release / "out": ("lies inside", "--release_dir", tmp_path / "data" / "yoga82" / "release-parquet"),
+    }
+    for output, (relation, flag, suggestion) in cases.items():
+        argv = ["prepare", "--release_dir", str(release), "--images_dir", str(images), "--output_dir", str(output),
+                "--overwrite", "--quiet"]
+        assert main(argv) == 2, output
+        error = capsys.readouterr().err
+        assert f"--output_dir {output} {relation} {flag}" in error and str(suggestion) in error, error
+    assert folder_digest(data) == before  # not one input file touched
+    assert not (images / "parquet").exists() and not (release / "out").exists()
+
+    # --overwrite replaces only a folder that yoga82 wrote: one with anything else in it is refused, untouched.
+    output = tmp_path / "mine"
+    output.mkdir()
+    (output / "README.md").write_text("my notes")
+    (output / "data").mkdir()
+    (output / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    (output / "data" / "labels.csv").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"did not write \(data/labels.csv\)"):
+        prepare(release, images, output, overwrite=True)
+    assert (output / "data" / "labels.csv").read_text() == "mine"
+
+
+def test_prepare_keeps_its_temporaries_beside_the_output_not_in_tmpdir(tmp_path, monkeypatch):
+    release, images = write_small_release(tmp_path / "inputs")
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))  # what $TMPDIR sets
+    outputs = tmp_path / "outputs"
+    seen = {}
+    export = importlib.import_module("yoga82.export")
+    write = export.write_parquet_dataset
+
+    def spy(dataset_dict, output_dir, **kwargs):  # what is where while the data set exists only as a cache
+        seen["tmpdir"] = sorted(p.name for p in tmpdir.iterdir())
+        seen["beside"] = sorted(p.name for p in outputs.iterdir()) if outputs.is_dir() else []
+        return write(dataset_dict, output_dir, **kwargs)
+
+    for module in (export, importlib.import_module("yoga82.prepare")):  # wherever prepare looks it up
+        monkeypatch.setattr(module, "write_parquet_dataset", spy, raising=False)
+    prepare(release, images, outputs / "yoga82", resize=None)
+    assert seen["tmpdir"] == []
+    assert len(seen["beside"]) == 1 and seen["beside"][0].startswith(".yoga82.")  # the Arrow cache, hidden
+    assert sorted(p.name for p in outputs.iterdir()) == ["yoga82"] and list(tmpdir.iterdir()) == []
+
+
+def test_prepare_killed_at_random_moments_leaves_the_previous_output_or_the_new_one(tmp_path):
+    release, images = write_small_release(tmp_path / "inputs", per_pose=12, size=(96, 64))
+    outputs = tmp_path / "outputs"
+    output = outputs / "yoga82"
+    prepare(release, images, output, resize=16)
+    previous = folder_digest(output)
+    started = time.perf_counter()
+    prepare(release, images, tmp_path / "reference", resize=32)
+    work_seconds = time.perf_counter() - started
+    new = folder_digest(tmp_path / "reference")
+    assert new != previous
+
+    argv = [sys.executable, "-m", "yoga82", "prepare", "--release_dir", str(release), "--images_dir", str(images),
+            "--output_dir", str(output), "--resize", "32", "--overwrite", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    rng = random.Random(82)
+    outcomes = []
+    for _ in range(3):
+        entries_before = set(outputs.iterdir())
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            stop_at = time.monotonic() + 60
+            # Start the clock when the work starts (its hidden cache folder appears), not while Python imports.
+            while process.poll() is None and set(outputs.iterdir()) <= entries_before:
+                assert time.monotonic() < stop_at, "prepare never started"
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 1.2 * work_seconds))
+            outcomes.append("killed" if process.poll() is None else "finished")
+        finally:
+            process.kill()
+            process.communicate(timeout=60)
+        state = folder_digest(output)
+        assert state in (previous, new), "a kill left a half-written data set"
+        if state == new:
+            prepare(release, images, output, resize=16, overwrite=True)  # back to the previous one for the next kill
+    assert outcomes.count("killed") >= 2
+
+    # The next run is not blocked by what the killed ones left, and cleans it up.
+    assert main(argv[3:]) == 0
+    assert folder_digest(output) == new
+    assert sorted(p.name for p in outputs.iterdir()) == ["yoga82"]

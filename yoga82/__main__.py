@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
+
+from vit_yoga.files import LockHeldError
 
 from .release import ReleaseError, ReleaseNotFoundError
 
@@ -25,8 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("--images_dir", "--images-dir", required=True, help="where the images go")
     download.add_argument("--workers", type=int, default=32, help="concurrent downloads (default: 32)")
     download.add_argument("--timeout", type=float, default=20.0, help="seconds per connect/read (default: 20)")
+    download.add_argument("--deadline", type=float, default=60.0,
+                          help="seconds for one attempt at one image, headers and body together (default: 60)")
     download.add_argument("--retries", type=int, default=3, help="retries on 5xx and timeouts (default: 3)")
     download.add_argument("--max_mb", "--max-mb", type=float, default=30.0, help="largest accepted image (default: 30)")
+    download.add_argument("--max_in_flight_mb", "--max-in-flight-mb", type=float, default=256.0,
+                          help="image bytes held in memory by all workers together (default: 256)")
     download.add_argument("--retry_failed", "--retry-failed", action="store_true",
                           help="also retry links that failed for good in an earlier run (404, not an image...)")
 
@@ -68,8 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .download import download_images
 
             report = download_images(
-                args.release_dir, args.images_dir, workers=args.workers, timeout=args.timeout, retries=args.retries,
-                max_bytes=int(args.max_mb * 1024 * 1024), retry_failed=args.retry_failed, progress=not args.quiet,
+                args.release_dir, args.images_dir, workers=args.workers, timeout=args.timeout, deadline=args.deadline,
+                retries=args.retries, max_bytes=int(args.max_mb * 2**20),
+                max_bytes_in_flight=int(args.max_in_flight_mb * 2**20), retry_failed=args.retry_failed,
+                progress=not args.quiet,
             )
             print(report.summary())
             print(f"Failures are listed in {args.images_dir}/failures.csv ({time.perf_counter() - started:.0f} s)")
@@ -95,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.push_to_hub:
                 push_dataset_folder(output, args.push_to_hub, private=args.private or None)
             print(f"Wrote {output} in {time.perf_counter() - started:.1f} s")
-    except (ReleaseNotFoundError, ReleaseError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (ReleaseNotFoundError, ReleaseError, FileNotFoundError, FileExistsError, ValueError, LockHeldError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -104,5 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _exit_now_if_threads_linger(code: int) -> None:
+    """After Ctrl-C, exit without joining download threads still blocked in connect() or a DNS lookup.
+
+    They write nothing once stopped (see download.py), but the interpreter would wait for them at exit, up to
+    --timeout seconds; the user asked to stop now.
+    """
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if code == 130 and lingering:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    _exit_now_if_threads_linger(exit_code)
+    sys.exit(exit_code)

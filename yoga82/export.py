@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,8 @@ from datasets.table import embed_table_storage
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from vit_yoga.files import staged_folder
+
 from .builder import CITATION, HOMEPAGE
 from .labels import LABEL_82_NAMES, LEVELS
 
@@ -35,10 +34,56 @@ DATA_DIR = "data"
 COUNTS_FILE = "class_counts.json"
 PLOT_FILE = "class_counts.png"
 DEFAULT_MAX_SHARD_SIZE = 500 * 1024 * 1024
+README_FILE = "README.md"
 YOGA82_SOURCE = (
     f"Yoga-82, {HOMEPAGE}. The images are the property of their owners; the release lists their web addresses "
     "for non-commercial research use."
 )
+
+
+def _entries_not_written_here(folder: Path) -> list[str]:
+    """What in ``folder`` write_parquet_dataset did not write (it writes the card, counts, plot, data/*.parquet)."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() or entry.name not in (README_FILE, COUNTS_FILE, PLOT_FILE, DATA_DIR):
+            foreign.append(entry.name)
+        elif entry.name == DATA_DIR:
+            if not entry.is_dir():
+                foreign.append(entry.name)
+                continue
+            foreign += [
+                f"{DATA_DIR}/{shard.name}" for shard in sorted(entry.iterdir())
+                if shard.suffix != ".parquet" or shard.is_symlink() or not shard.is_file()
+            ]
+        elif not entry.is_file():
+            foreign.append(entry.name)
+    return foreign
+
+
+def check_output_folder(output_dir: str | Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder that write_parquet_dataset may not replace.
+
+    A missing or empty folder is fine. A non-empty one needs ``overwrite``, and even then only a folder this module
+    wrote is replaced: one holding anything else (a clone's .git, notes, images...) is refused, since replacing a
+    folder removes all it holds.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is not a folder; choose another output folder.")
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already exists and is not empty; choose another output folder or pass --overwrite."
+        )
+    foreign = _entries_not_written_here(output_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"{output_dir} holds files that python -m yoga82 did not write ({shown}); --overwrite replaces only a "
+            "data set folder it wrote, since the whole folder is replaced. Move those files elsewhere, or choose "
+            "another output folder."
+        )
 
 
 def _size_category(total: int) -> str:
@@ -146,21 +191,16 @@ def write_parquet_dataset(
 ) -> Path:
     """Write ``dataset_dict`` (Yoga-82 features) to ``output_dir`` as Parquet shards, dataset card, counts and plot.
 
-    The folder is built under a temporary sibling name and renamed into place at the end, so a killed run never
-    leaves a folder that looks complete. An existing non-empty ``output_dir`` is refused unless ``overwrite``.
+    The folder is built under a temporary sibling name and swapped into place at the end (``vit_yoga.files.
+    staged_folder``): a killed run leaves the previous complete folder, or none, never a half one. An existing
+    non-empty ``output_dir`` is refused unless ``overwrite``, and with it unless it holds only what this function
+    writes (``check_output_folder``).
     ``listed_counts`` (split -> count per label_82) are the release's numbers, to report what is missing.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is not a folder; choose another output folder.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} already exists and is not empty; choose another output folder or overwrite."
-        )
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        (staging / DATA_DIR).mkdir(parents=True)
+    check_output_folder(output_dir, overwrite=overwrite)
+    with staged_folder(output_dir, overwrite=overwrite) as staging:
+        (staging / DATA_DIR).mkdir()
         splits = [split for split in SPLITS if split in dataset_dict] + [s for s in dataset_dict if s not in SPLITS]
         features = dataset_dict[splits[0]].features
         split_infos, data_files, split_counts, parquet_bytes = SplitDict(), [], {}, 0
@@ -214,26 +254,9 @@ def write_parquet_dataset(
         MetadataConfigs({"default": {"data_files": data_files}}).to_dataset_card_data(card_data)
         listed_totals = {s: sum(v) for s, v in listed_counts.items()} if listed_counts is not None else None
         DatasetCard(_card_text(card_data, pretty_name, description, split_counts, listed_totals, source)).save(
-            staging / "README.md"
+            staging / README_FILE
         )
-        _replace_folder(staging, output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return output_dir
-
-
-def _replace_folder(staging: Path, output_dir: Path) -> None:
-    if output_dir.is_dir() and not any(output_dir.iterdir()):
-        output_dir.rmdir()
-    if not output_dir.exists():
-        os.replace(staging, output_dir)
-        return
-    # overwrite: move the old folder aside first so that there is never a moment without a complete dataset.
-    retired = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(output_dir, retired)
-    os.replace(staging, output_dir)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def push_dataset_folder(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
-from .builder import DESCRIPTION, Yoga82
-from .export import push_dataset_folder, write_parquet_dataset
+from vit_yoga.files import how_folders_overlap, temporary_folder_beside
+
 from .release import read_release
 
 logger = logging.getLogger(__name__)
@@ -31,7 +30,15 @@ def prepare(
     With ``validation_fraction=0`` there is no validation split (datasets cannot load an empty Parquet split).
     ``resize`` scales each image's shorter side to that many pixels (JPEG); None keeps the originals (as RGB).
     Missing and undecodable images are skipped; their number per split is in the card and class_counts.json.
+
+    Refused before any work: an ``output_dir`` that is, contains or lies inside ``images_dir`` or ``release_dir``
+    (replacing it would remove inputs), and a non-empty one without ``overwrite`` or holding files it did not write.
+    Temporary files (the Arrow cache) live in a hidden folder beside ``output_dir``, on its disk, and are removed.
     """
+    # Imported here: they import `datasets` (seconds), and yoga82/__init__.py imports this module to export prepare.
+    from .builder import DESCRIPTION, Yoga82
+    from .export import check_output_folder, push_dataset_folder, write_parquet_dataset
+
     output_dir = Path(output_dir)
     # Fail on what the user can fix before decoding thousands of images.
     read_release(release_dir, with_links=False)
@@ -41,16 +48,23 @@ def prepare(
         raise ValueError(f"--resize must be a positive number of pixels, got {resize}")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"--validation_fraction must be in [0, 1), got {validation_fraction}")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} already exists and is not empty; choose another --output_dir or pass --overwrite."
-        )
+    for flag, folder in (("--images_dir", images_dir), ("--release_dir", release_dir)):
+        relation = how_folders_overlap(output_dir, folder)
+        if relation is not None:
+            outer = Path(folder if relation == "lies inside" else output_dir).resolve()
+            raise ValueError(
+                f"--output_dir {output_dir} {relation} {flag} {folder}: the output folder is written, and with "
+                "--overwrite replaced, as a whole, so it must not share files with an input. Choose an --output_dir "
+                f"outside both, e.g. {outer.parent / (outer.name + '-parquet')}."
+            )
+    check_output_folder(output_dir, overwrite=overwrite)
 
     # A private, throw-away Arrow cache: the folder written below is the product, and a stale cache keyed on
-    # folder names could silently miss newly downloaded images.
-    with tempfile.TemporaryDirectory(prefix="yoga82-build-") as cache_dir:
+    # folder names could silently miss newly downloaded images. It sits beside the output, on its disk: $TMPDIR is
+    # often RAM (tmpfs), and the cache is a full copy of the data set.
+    with temporary_folder_beside(output_dir) as cache_dir:
         builder = Yoga82(
-            cache_dir=cache_dir,
+            cache_dir=str(cache_dir),
             release_dir=str(Path(release_dir).resolve()),
             images_dir=str(Path(images_dir).resolve()),
             validation_fraction=validation_fraction, seed=seed, resize=resize, num_workers=num_workers,

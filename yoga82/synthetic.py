@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .builder import yoga82_features
-from .export import COUNTS_FILE, write_parquet_dataset
+from .export import COUNTS_FILE, check_output_folder, write_parquet_dataset
 from .labels import LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 
 # Arm arrangements relative to the torso: (upper arm, forearm bend) for each arm, in degrees. 0 hangs along the
@@ -306,6 +306,7 @@ def generate_synthetic(
             f"{output_dir} already holds a different dataset ({existing or 'not a synthetic one'}); choose another "
             f"output folder or pass overwrite=True (--overwrite)."
         )
+    check_output_folder(output_dir, overwrite=overwrite)  # before drawing anything
     dataset_dict = build_synthetic(images_per_class, image_size, seed, validation_fraction, test_fraction, progress)
     return write_parquet_dataset(
         dataset_dict,
