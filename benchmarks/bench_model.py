@@ -68,27 +68,16 @@ def build_model(implementation: str, config: ViTYogaConfig) -> nn.Module:
         config._attn_implementation = "sdpa"
         return ViTYogaForImageClassification(config)
     if implementation == "transformers":
-        from transformers import ViTConfig, ViTForImageClassification
+        from transformers import ViTForImageClassification
 
-        vit_config = ViTConfig(
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            hidden_act=config.hidden_act,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            layer_norm_eps=config.layer_norm_eps,
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            num_channels=config.num_channels,
-            qkv_bias=config.qkv_bias,
-            num_labels=config.num_labels,
+        from vit_yoga.convert import vit_config_from
+
+        return ViTForImageClassification(vit_config_from(
+            config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=config.num_labels,
             attn_implementation="sdpa",
-        )
-        return ViTForImageClassification(vit_config)
+        ))
     if implementation == "timm":
-        from convert_vit_checkpoint import timm_vit_from_config
+        from vit_yoga.convert import timm_vit_from_config
 
         return timm_vit_from_config(config)
     raise ValueError(f"Unknown implementation {implementation!r}; choose from {IMPLEMENTATIONS}.")

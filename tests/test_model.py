@@ -12,21 +12,22 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 from safetensors.torch import save_file
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
-import convert_vit_checkpoint
 import yoga82
 from configuration_vit_yoga import ViTYogaConfig
-from convert_vit_checkpoint import convert_timm_vit, convert_transformers_vit, max_abs_difference
 from modeling_vit_yoga import (
     ViTYogaForHierarchicalClassification,
     ViTYogaForImageClassification,
     ViTYogaModel,
     vit_yoga_image_processor,
 )
+from vit_yoga.convert import convert_timm_vit, convert_transformers_vit, max_abs_difference
 from yoga82.labels import LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 
+convert_main = load_script("convert_vit_checkpoint.py")["main"]
 TINY = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
             intermediate_size=96)
 
@@ -144,7 +145,7 @@ def test_vit_ti16_parameter_count_equals_timm():
 def test_convert_cli_from_transformers_folder_and_timm_file(tmp_path, capsys):
     reference = randomize_(ViTForImageClassification(ViTConfig(**TINY, num_labels=4)))
     reference.save_pretrained(tmp_path / "hf")
-    assert convert_vit_checkpoint.main(["--source", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "a")]) == 0
+    assert convert_main(["--source", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "a")]) == 0
     loaded = ViTYogaForImageClassification.from_pretrained(tmp_path / "a")
     assert max_abs_difference(reference, loaded) < 1e-5
     assert (tmp_path / "a" / "model.safetensors").exists() and (tmp_path / "a" / "preprocessor_config.json").exists()
@@ -153,18 +154,18 @@ def test_convert_cli_from_transformers_folder_and_timm_file(tmp_path, capsys):
                                               img_size=32, patch_size=8, embed_dim=128, num_heads=2))
     save_file(timm_model.state_dict(), tmp_path / "timm.safetensors")
     args = ["--source", str(tmp_path / "timm.safetensors"), "--output_dir", str(tmp_path / "b")]
-    assert convert_vit_checkpoint.main(args) == 0  # heads default to width / 64 = 2, as in every ViT preset
+    assert convert_main(args) == 0  # heads default to width / 64 = 2, as in every ViT preset
     converted = ViTYogaForImageClassification.from_pretrained(tmp_path / "b")
     assert converted.config.num_attention_heads == 2
     assert max_abs_difference(timm_model, converted) < 1e-5
     # A file that is no ViT is refused with a clear message and nothing is written.
     save_file({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
-    assert convert_vit_checkpoint.main(["--source", str(tmp_path / "other.safetensors"), "--output_dir",
+    assert convert_main(["--source", str(tmp_path / "other.safetensors"), "--output_dir",
                                         str(tmp_path / "c")]) == 2
     assert "does not look like a timm ViT checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
     # A non-empty output folder is never overwritten silently.
-    assert convert_vit_checkpoint.main(args) == 2
+    assert convert_main(args) == 2
     assert "exists and is not empty" in capsys.readouterr().err
 
 
@@ -185,7 +186,7 @@ def test_converter_takes_every_vit_transformers_5_and_timm_write(tmp_path):
     for source, reference, expected in cases:
         output = tmp_path / f"{source}-converted"
         args = ["--source", str(tmp_path / source), "--output_dir", str(output), "--num_attention_heads", "3"]
-        assert convert_vit_checkpoint.main(args) == 0, source
+        assert convert_main(args) == 0, source
         converted = expected.from_pretrained(output)
         assert type(converted) is expected and max_abs_difference(reference, converted) < 1e-5, source
     converted = ViTYogaForImageClassification.from_pretrained(tmp_path / "labelled-converted")
@@ -200,8 +201,8 @@ def test_converter_replaces_its_output_in_one_step_with_ordinary_permissions(tmp
     (tmp_path / ".out.old").mkdir()  # what a crash of the old code left: it blocked every later run
     (tmp_path / ".out.old" / "config.json").write_text("{}")
     args = ["--source", str(tmp_path / "hf"), "--output_dir", str(output), "--overwrite_output_dir"]
-    assert convert_vit_checkpoint.main(args) == 0
-    assert convert_vit_checkpoint.main(args) == 0  # and again, over the first
+    assert convert_main(args) == 0
+    assert convert_main(args) == 0  # and again, over the first
     umask = os.umask(0)
     os.umask(umask)
     assert output.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
@@ -354,7 +355,7 @@ def test_checkpoint_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, mo
     if model_class is ViTYogaForImageClassification:
         randomize_(ViTModel(ViTConfig(**TINY))).save_pretrained(tmp_path / "in21k")
         backbone = tmp_path / "backbone"
-        assert convert_vit_checkpoint.main(["--source", str(tmp_path / "in21k"), "--output_dir", str(backbone)]) == 0
+        assert convert_main(["--source", str(tmp_path / "in21k"), "--output_dir", str(backbone)]) == 0
         command.append(str(backbone))
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -293,12 +293,11 @@ def test_fine_tune_from_a_converted_transformers_vit(poses, tmp_path):
     """The ImageNet route: convert_vit_checkpoint.py's output is a valid --init_from (its normalisation kept)."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    import convert_vit_checkpoint
-
     source = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2,
                                                  num_attention_heads=3, intermediate_size=96, num_labels=10))
     source.save_pretrained(tmp_path / "hf")
-    assert convert_vit_checkpoint.main(["--source", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "in1k")]) == 0
+    convert_main = load_script("convert_vit_checkpoint.py")["main"]
+    assert convert_main(["--source", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "in1k")]) == 0
     out_dir = tmp_path / "from_in1k"
     train_main(tiny_args(poses, out_dir, "--label_level", "1", "--init_from", str(tmp_path / "in1k")))
     config = read_json(out_dir / "config.json")

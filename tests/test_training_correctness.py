@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import PROJECT_ROOT, load_script
+from PIL import Image
 from safetensors.torch import load_file
 
 import yoga82
@@ -310,7 +311,7 @@ def test_an_output_folder_holds_one_run(poses, tmp_path):
 def test_do_predict_needs_a_test_split(tmp_path):
     folder = tmp_path / "no_test"
     folder.mkdir()
-    rows = {"image": [torch.zeros(8, 8, 3, dtype=torch.uint8).numpy()] * 4, "label": [0, 1, 0, 1]}
+    rows = {"image": [Image.new("RGB", (8, 8))] * 4, "label": [0, 1, 0, 1]}
     datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).to_parquet(folder / "train.parquet")
     with pytest.raises(SystemExit, match="--do_predict asks for a test evaluation, but .* has no 'test' split"):
         train_main(["--dataset_name", str(folder), "--label_column", "label", "--do_predict",

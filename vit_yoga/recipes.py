@@ -89,7 +89,7 @@ def run_defaults(
         source = "the course report's recipe with the synthetic poses' CPU-sized settings"
     if init_from:
         for name in FROM_CHECKPOINT:
-            recipe.pop(name)
+            recipe.pop(name, None)
     defaults = {**RUN_DEFAULTS, **recipe, **machine_defaults(world_size)}
     defaults["output_dir"] = os.path.join("runs", output_dir_name(label_level, label_column))
     return defaults, recipe, source
