@@ -80,8 +80,8 @@ def test_prepare_round_trips_through_load_dataset(mini_release, tmp_path, monkey
     uploads = []
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: f"https://hub/{repo_id}")
     monkeypatch.setattr(
-        huggingface_hub.HfApi, "upload_folder",
-        lambda self, **kw: uploads.append((kw["repo_id"], sorted(p.name for p in Path(kw["folder_path"]).rglob("*")))),
+        huggingface_hub.HfApi, "create_commit",
+        lambda self, **kw: uploads.append((kw["repo_id"], sorted(op.path_in_repo for op in kw["operations"]))),
     )
     output = tmp_path / "yoga82"
     argv = ["prepare", "--release_dir", str(release), "--images_dir", str(images), "--output_dir", str(output),
@@ -216,6 +216,19 @@ def test_synthetic_cli(tmp_path):
     image = Image.open(io.BytesIO(pq.read_table(next((output / "data").glob("train-*"))).column("image")[0]["bytes"]
                                   .as_py()))
     assert image.size == (16, 16)
+
+
+def test_a_failed_dataset_push_exits_non_zero_with_the_folder_complete(tmp_path, capsys):
+    """The Hub cannot be reached here (HF_HUB_OFFLINE): the real upload call fails, the data set is still written
+    whole, the command says how to retry and exits 1, so a script does not believe the data set was shared."""
+    output = tmp_path / "pushed"
+    code = main(["synthetic", "--output_dir", str(output), "--images_per_class", "5", "--image_size", "16", "--quiet",
+                 "--push_to_hub", "someone/poses"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "upload to the Hub dataset repo 'someone/poses' failed" in err
+    assert f"hf upload someone/poses {output} . --repo-type dataset" in err
+    assert set(datasets.load_dataset(str(output))) == SPLITS  # complete
 
 
 # ---------------------------------------------------------------------------------------------------- what prepare

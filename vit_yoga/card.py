@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .arguments import DataArguments, YogaTrainingArguments
+from .files import atomic_write
 from .transforms import CROP_RATIO
 
 
@@ -114,7 +115,7 @@ Yoga-82 is scraped from the web: images are unevenly distributed over classes, a
 dead, and some poses differ only by details that a low-resolution model may not see. A model trained on the synthetic
 stick-figure poses is for testing the pipeline only and says nothing about photographs.
 """
-    ModelCard(content).save(output_dir / "README.md")
+    atomic_write(output_dir / "README.md", str(ModelCard(content)))
 
 
 def augmentation_summary(data_args: DataArguments, image_size: int) -> str:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from vit_yoga.files import LockHeldError
 
@@ -88,13 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             output = prepare(
                 args.release_dir, args.images_dir, args.output_dir, resize=args.resize or None,
-                validation_fraction=args.validation_fraction, seed=args.seed, push_to_hub=args.push_to_hub,
-                private=args.private or None, num_workers=args.num_workers, overwrite=args.overwrite,
+                validation_fraction=args.validation_fraction, seed=args.seed, num_workers=args.num_workers,
+                overwrite=args.overwrite,
             )
             elapsed = time.perf_counter() - started
             print(f"Wrote {output} in {elapsed:.0f} s; load it with datasets.load_dataset({str(output)!r})")
+            return push(output, args.push_to_hub, args.private or None) if args.push_to_hub else 0
         else:
-            from .export import push_dataset_folder
             from .synthetic import generate_synthetic
 
             output = generate_synthetic(
@@ -102,15 +103,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
                 progress=not args.quiet, overwrite=args.overwrite,
             )
-            if args.push_to_hub:
-                push_dataset_folder(output, args.push_to_hub, private=args.private or None)
             print(f"Wrote {output} in {time.perf_counter() - started:.1f} s")
+            return push(output, args.push_to_hub, args.private or None) if args.push_to_hub else 0
     except (ReleaseNotFoundError, ReleaseError, FileNotFoundError, FileExistsError, ValueError, LockHeldError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    return 0
+
+
+def push(folder: Path, repo_id: str, private: bool | None) -> int:
+    """Push a finished data set folder; a failure leaves it complete, prints the retry command and returns 1."""
+    from vit_yoga.hub import HubTarget, retry_command
+
+    from .export import push_dataset_folder
+
+    try:
+        url = push_dataset_folder(folder, repo_id, private=private)
+    except Exception as error:  # any network or auth failure: the folder is complete; say how to retry
+        retry = retry_command(folder, HubTarget(repo_id), repo_type="dataset")
+        print(f"error: the upload to the Hub dataset repo {repo_id!r} failed ({type(error).__name__}: {error}). "
+              f"{folder} is complete; retry with `{retry}`.", file=sys.stderr)
+        return 1
+    print(f"Pushed {folder} to {url}")
     return 0
 
 

@@ -22,9 +22,10 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
 from datasets.table import embed_table_storage
 from datasets.utils.metadata import MetadataConfigs
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from vit_yoga.files import staged_folder
+from vit_yoga.hub import HubTarget, push_folder
 
 from .builder import CITATION, HOMEPAGE
 from .labels import LABEL_82_NAMES, LEVELS
@@ -262,14 +263,7 @@ def write_parquet_dataset(
 def push_dataset_folder(
     output_dir: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None
 ) -> str:
-    """Upload a folder written by write_parquet_dataset to the Hub dataset repository ``repo_id``; returns its URL.
-
-    The token comes from ``token``, ``HF_TOKEN`` or ``hf auth login``; it is never printed.
-    """
-    api = HfApi(token=token)
-    repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(
-        folder_path=str(output_dir), repo_id=repo_id, repo_type="dataset",
-        commit_message="Upload Yoga-82 (Parquet) with python -m yoga82",
-    )
-    return str(repo_url)
+    """Upload a folder written by write_parquet_dataset to the Hub dataset repository ``repo_id`` in one commit;
+    returns its URL. The token comes from ``token``, ``HF_TOKEN`` or ``hf auth login``; it is never printed."""
+    return push_folder(output_dir, HubTarget(repo_id, token=token, private=private), repo_type="dataset",
+                       commit_message="Upload Yoga-82 (Parquet) with python -m yoga82")

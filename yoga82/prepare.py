@@ -1,4 +1,4 @@
-"""``prepare``: the downloaded Yoga-82 images -> a Parquet dataset folder with a dataset card (optionally pushed)."""
+"""``prepare``: the downloaded Yoga-82 images -> a Parquet dataset folder with a dataset card."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ def prepare(
     resize: int | None = 256,
     validation_fraction: float = 0.2,
     seed: int = 42,
-    push_to_hub: str | None = None,
-    private: bool | None = None,
     num_workers: int | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -37,7 +35,7 @@ def prepare(
     """
     # Imported here: they import `datasets` (seconds), and yoga82/__init__.py imports this module to export prepare.
     from .builder import DESCRIPTION, Yoga82
-    from .export import check_output_folder, push_dataset_folder, write_parquet_dataset
+    from .export import check_output_folder, write_parquet_dataset
 
     output_dir = Path(output_dir)
     # Fail on what the user can fix before decoding thousands of images.
@@ -92,7 +90,4 @@ def prepare(
             overwrite=overwrite,
         )
         del dataset_dict, builder  # release the memory-mapped Arrow files before the cache folder goes
-    if push_to_hub:
-        url = push_dataset_folder(output_dir, push_to_hub, private=private)
-        logger.info("Pushed %s to %s", output_dir, url)
     return output_dir
