@@ -69,6 +69,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, labels: La
     label_kwargs = dict(
         labels.hierarchy, label_level=labels.label_level,
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        attn_implementation=model_args.attn_implementation,
     )
     overrides = config_overrides(model_args, data_args)
     if not model_args.init_from:
@@ -76,7 +77,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, labels: La
             config = ViTYogaConfig.from_preset(model_args.model_preset or "vit-ti16", **label_kwargs, **overrides)
         except (ValueError, TypeError) as error:
             raise SystemExit(f"error: cannot build the model: {error}") from None
-        return model_class._from_config(config, attn_implementation=model_args.attn_implementation)
+        return model_class(config)
     return _from_checkpoint(model_args, model_class, labels, label_kwargs, overrides)
 
 
@@ -117,10 +118,11 @@ def _from_checkpoint(
                 "without --init_from."
             )
     source_architectures = source.architectures or []
+    names = labels.class_names[-1]
     same_head = (
         not labels.hierarchical
-        and source.num_labels == len(label_kwargs["id2label"])
-        and source.id2label == label_kwargs["id2label"]
+        and source.num_labels == len(names)
+        and source.id2label == dict(enumerate(names))
         and SINGLE_HEAD in source_architectures
     ) or (labels.hierarchical and HIERARCHICAL in source_architectures)
     try:
@@ -135,8 +137,8 @@ def _from_checkpoint(
         "head": "kept" if same_head else "re-initialised",
     }]
     if same_head:
-        return model_class.from_pretrained(init_from, config=config, attn_implementation=model_args.attn_implementation)
-    model = model_class._from_config(config, attn_implementation=model_args.attn_implementation)
+        return model_class.from_pretrained(init_from, config=config)
+    model = model_class(config)
     backbone = ViTYogaModel.from_pretrained(init_from)
     model.vit.load_state_dict(backbone.state_dict())
     level = labels.label_level or ("all" if labels.hierarchical else None)
