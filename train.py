@@ -26,7 +26,7 @@ from vit_yoga.data import load_data
 from vit_yoga.evaluation import HierarchicalMetrics, evaluate_split
 from vit_yoga.hub import MODEL_EXCLUDE, push_folder, retry_command
 from vit_yoga.models import build_model, image_processor
-from vit_yoga.outputs import claim_output_dir, release_previous_run, resolve_resume
+from vit_yoga.outputs import check_output_dir, release_previous_run, resolve_resume, set_aside_previous_run
 from vit_yoga.plots import plot_history
 from vit_yoga.runtime import setup_logging, share_cpu_cores
 from vit_yoga.trainer import YogaTrainer
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # Everything a user can get wrong is checked before training: the output folder, the checkpoint to resume,
     # the data, the labels and the model.
-    previous_run = claim_output_dir(training_args, overwrite=training_args.overwrite_output_dir)
+    replaces_previous_run = check_output_dir(training_args, overwrite=training_args.overwrite_output_dir)
     resume = resolve_resume(training_args)
     set_seed(training_args.seed)
 
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dataset[split] = ds
 
     # 5. Train.
+    previous_run = set_aside_previous_run(training_args) if replaces_previous_run else None
     metrics = HierarchicalMetrics(labels.columns, labels.class_names, labels.hierarchy)
     callbacks = []
     if training_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:

@@ -17,7 +17,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from configuration_vit_yoga import VIT_YOGA_PRESETS
 
 from .hub import HubTarget
-from .recipes import run_defaults
+from .recipes import DEFAULT_RECIPE, RECIPES, run_defaults
 
 SYNTHETIC = "synthetic"
 RECIPE_DEFAULT = "Default: set by the recipe (see the README's recipes)."
@@ -118,8 +118,14 @@ class DataArguments:
 
 @dataclass
 class YogaTrainingArguments(TrainingArguments):
-    """TrainingArguments plus the two run-level flags transformers 5 no longer has."""
+    """TrainingArguments plus the recipe, early stopping, and the run-level flag transformers 5 no longer has."""
 
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": f"The defaults to start from: one of {sorted(RECIPES)} (README: Recipes). Default: "
+                          f"{DEFAULT_RECIPE!r}, CPU-sized on the built-in synthetic poses.",
+                  "choices": sorted(RECIPES)},
+    )
     early_stopping_patience: int = field(
         default=0,
         metadata={"help": "Stop after this many evaluations without a better --metric_for_best_model (0: off). "
@@ -169,6 +175,7 @@ def parse_arguments(argv: list[str]) -> RunArguments:
         label_level=first["label_level"],
         label_column=first["label_column"],
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        recipe=first.get("recipe"),
     )
     parser = _parser()
     if json_file:

@@ -45,13 +45,12 @@ def resolve_resume(training_args: TrainingArguments) -> str | None:
     return value
 
 
-def claim_output_dir(training_args: TrainingArguments, overwrite: bool) -> Path | None:
-    """Make ``--output_dir`` this run's, before any work. A folder holding another run's files is refused, unless
-    ``overwrite`` (--overwrite_output_dir): then it is moved aside, and the returned path is removed by
-    ``release_previous_run`` once this run has written its own results. A resumed run's folder is its own."""
+def check_output_dir(training_args: TrainingArguments, overwrite: bool) -> bool:
+    """Whether ``--output_dir`` holds another run's files that this run will replace; refused, before any work,
+    unless ``overwrite`` (--overwrite_output_dir). A resumed run's folder is its own."""
     output_dir = Path(training_args.output_dir)
     if training_args.resume_from_checkpoint is not None or not output_dir.is_dir() or not any(output_dir.iterdir()):
-        return None
+        return False
     if not overwrite:
         found = sorted(p.name for p in output_dir.iterdir())
         raise SystemExit(
@@ -59,13 +58,22 @@ def claim_output_dir(training_args: TrainingArguments, overwrite: bool) -> Path 
             f"{', ...' if len(found) > 5 else ''}). Pass --resume_from_checkpoint latest to continue that run, "
             "--overwrite_output_dir to start over there, or choose another --output_dir."
         )
+    return True
+
+
+def set_aside_previous_run(training_args: TrainingArguments) -> Path | None:
+    """Move the previous run out of ``--output_dir`` (once every input has been checked), so that the folder ends
+    with this run's files only; ``release_previous_run`` removes it when this run has written its results. Until
+    then a killed run leaves it where the log says."""
+    output_dir = Path(training_args.output_dir)
     previous = output_dir.with_name(f".{output_dir.name}.previous-run-{uuid.uuid4().hex[:8]}")
     with training_args.main_process_first(local=training_args.save_on_each_node, desc="moving the previous run"):
-        if training_args.should_save:
+        if training_args.should_save and output_dir.exists():
             os.replace(output_dir, previous)
             logger.warning(f"--overwrite_output_dir: moved the previous run in {output_dir} to {previous}; it is "
                            "removed when this run has finished.")
-    return previous if training_args.should_save else None
+            return previous
+    return None
 
 
 def release_previous_run(previous: Path | None) -> None:

@@ -1,0 +1,220 @@
+"""How well train.py learns from little data, side by side with a plain reference, on 2 CPU cores.
+
+    python benchmarks/bench_learning.py                       # everything (about 30 minutes on 2 cores)
+    python benchmarks/bench_learning.py --tasks digits        # scikit-learn's digits only (a few minutes)
+    python benchmarks/bench_learning.py --smoke               # a few steps of each row: checks the script runs
+
+Two tasks, one table:
+
+- ``digits``: scikit-learn's 1,797 handwritten digits (8x8 grey, upscaled to 32 px RGB PNGs, one subfolder per
+  class, a fixed stratified 80/20 split), the small real data set a new user would try. A plain 30-line loop on
+  transformers' ``ViTForImageClassification`` (4 layers, 96 wide, 3 heads, MLP 384, patch 4; AdamW lr 1e-3, batch
+  64, 30 epochs, no augmentation) against ``train.py`` with the same model size, optimiser and schedule length,
+  ``--hflip 0`` (digits are not mirror-symmetric) and every other default; then ``train.py`` with ``--recipe``
+  choices.
+- ``synthetic``: the built-in synthetic poses at their default size (40 images per pose, 64 px): ``train.py
+  --label_level 3`` out of the box; level 1 then level 3 fine-tuned from it, at the same total budget; and the
+  joint three-head model (``--label_level all``), read at level 3.
+
+Every ``train.py`` row runs the script as a user does (a subprocess) and reads its ``*_results.json``; wall times
+are the training's (``train_runtime``), whole runs' in brackets. The machine and the library versions head the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parent.parent
+TRAIN = PROJECT / "train.py"
+DIGITS_MODEL = "image_size=32,patch_size=4"  # vit-pico's 4 x 96, 3 heads, MLP 384, at 32 px with patch 4
+DIGITS_SCHEDULE = ["--num_train_epochs", "30", "--learning_rate", "1e-3", "--per_device_train_batch_size", "64"]
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def write_digits(folder: Path) -> Path:
+    """scikit-learn's digits as an image folder: train/<digit>/*.png and validation/<digit>/*.png (once)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if (folder / "validation").is_dir():
+        return folder
+    digits = load_digits()
+    images = (digits.images * (255 / 16)).round().astype(np.uint8)
+    train, validation = train_test_split(np.arange(len(images)), test_size=0.2, random_state=0,
+                                         stratify=digits.target)
+    for split, ids in (("train", train), ("validation", validation)):
+        for i in ids:
+            target = folder / split / str(digits.target[i]) / f"{i:04d}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).resize((32, 32), Image.Resampling.BILINEAR).convert("RGB").save(target)
+    return folder
+
+
+def load_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels, labels = [], []
+    for class_folder in sorted(folder.iterdir()):
+        for path in sorted(class_folder.glob("*.png")):
+            pixels.append(np.asarray(Image.open(path).convert("RGB")))
+            labels.append(int(class_folder.name))
+    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255
+    return (x - 0.5) / 0.5, torch.tensor(labels)
+
+
+# ------------------------------------------------------------------------------------------------------- the rows
+def reference_loop(digits: Path, epochs: int, seed: int = 0) -> dict[str, Any]:
+    """The plain loop: transformers' ViT, AdamW lr 1e-3, batch 64, no augmentation, no schedule."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    (xt, yt), (xv, yv) = load_folder(digits / "train"), load_folder(digits / "validation")
+    model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=4, hidden_size=96, num_hidden_layers=4,
+                                                num_attention_heads=3, intermediate_size=384, num_labels=10))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    started = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(xt)).split(64):
+            loss = model(pixel_values=xt[batch], labels=yt[batch]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    wall = time.perf_counter() - started
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(pixel_values=xv).logits.argmax(-1) == yv).float().mean().item()
+    return {"accuracy": accuracy, "train_s": wall, "wall_s": wall}
+
+
+def run_train(args: list[str], output_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """train.py in a subprocess, as a user runs it; its results files."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(TRAIN), *args, "--output_dir", str(output_dir),
+                             "--overwrite_output_dir"], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"train.py {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    read = lambda name: json.loads((output_dir / name).read_text())  # noqa: E731
+    return {"train": read("train_results.json"), "eval": read("eval_results.json"),
+            "test": read("test_results.json") if (output_dir / "test_results.json").exists() else None,
+            "wall_s": time.perf_counter() - started}
+
+
+def digits_rows(work: Path, env: dict[str, str], smoke: bool, recipes: list[str]) -> list[dict[str, Any]]:
+    digits = write_digits(work / "digits")
+    data = ["--train_dir", str(digits / "train"), "--validation_dir", str(digits / "validation"), "--label_column",
+            "label", "--model_preset", "vit-pico", "--config_overrides", DIGITS_MODEL, "--hflip", "0",
+            "--dataloader_num_workers", "0"]
+    schedule = ["--max_steps", "3"] if smoke else DIGITS_SCHEDULE
+    rows = []
+    reference = reference_loop(digits, epochs=1 if smoke else 30)
+    rows.append(dict(task="digits", run="plain loop, transformers ViT (no augmentation)", **reference))
+    variants = [("train.py, defaults (--hflip 0)", [])] + [
+        (f"train.py --recipe {recipe} (--hflip 0)", ["--recipe", recipe]) for recipe in recipes
+    ]
+    for name, extra in variants:
+        out = run_train([*data, *schedule, *extra], work / "runs" / f"digits-{len(rows)}", env)
+        rows.append(dict(task="digits", run=name, accuracy=out["eval"]["eval_accuracy"],
+                         train_s=out["train"]["train_runtime"], wall_s=out["wall_s"]))
+    return rows
+
+
+def synthetic_rows(work: Path, env: dict[str, str], smoke: bool) -> list[dict[str, Any]]:
+    """Level 3 out of the box; level 1 then 3 at the same total budget; the joint model."""
+    epochs = read_default_epochs()
+    short = ["--max_steps", "3"] if smoke else []
+    half = short or ["--num_train_epochs", str(epochs / 2)]
+    runs = work / "runs"
+    rows = []
+
+    def level3(out: dict[str, Any], name: str, seconds: float, wall: float, column: str = "") -> dict[str, Any]:
+        test = out["test"]
+        prefix = f"test_{column}_" if column else "test_"
+        return dict(task="synthetic", run=name, accuracy=test[f"{prefix}accuracy"],
+                    top5=test[f"{prefix}top5_accuracy"], train_s=seconds, wall_s=wall)
+
+    scratch = run_train(["--label_level", "3", *short], runs / "level3", env)
+    rows.append(level3(scratch, "level 3 from scratch (out of the box)", scratch["train"]["train_runtime"],
+                       scratch["wall_s"]))
+    first = run_train(["--label_level", "1", *half], runs / "level1", env)
+    then = run_train(["--label_level", "3", "--init_from", str(runs / "level1"), *half], runs / "level1to3", env)
+    rows.append(level3(then, "level 1, then level 3 from it (same total epochs)",
+                       first["train"]["train_runtime"] + then["train"]["train_runtime"],
+                       first["wall_s"] + then["wall_s"]))
+    joint = run_train(["--label_level", "all", *short], runs / "joint", env)
+    rows.append(level3(joint, "joint: one model, three heads (--label_level all)", joint["train"]["train_runtime"],
+                       joint["wall_s"], column="label_82"))
+    return rows
+
+
+def read_default_epochs() -> float:
+    """The out-of-the-box epochs, from the one place defaults live."""
+    sys.path.insert(0, str(PROJECT))
+    from vit_yoga.recipes import run_defaults
+
+    defaults, _, _ = run_defaults(synthetic=True, init_from=None, label_level="3", label_column=None, world_size=1,
+                                  recipe=None)
+    return float(defaults["num_train_epochs"])
+
+
+# ----------------------------------------------------------------------------------------------------------- table
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import transformers
+
+    return (f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
+            f"transformers {transformers.__version__}")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| task | run | top-1 | train time (whole run) |", "|---|---|---|---|"]
+    for row in rows:
+        top5 = f" (top-5 {row['top5']:.3f})" if "top5" in row else ""
+        lines.append(f"| {row['task']} | {row['run']} | {row['accuracy']:.3f}{top5} | "
+                     f"{row['train_s'] / 60:.1f} min ({row['wall_s'] / 60:.1f} min) |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=["digits", "synthetic"], default=["digits", "synthetic"])
+    parser.add_argument("--recipes", nargs="*", default=["deit"], help="train.py --recipe rows on digits")
+    parser.add_argument("--smoke", action="store_true", help="a few steps per row: checks the script, not learning")
+    parser.add_argument("--work_dir", type=Path, default=None, help="keep the data and runs here")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with tempfile.TemporaryDirectory(prefix="vit-yoga-bench-learning-") as temporary:
+        work = args.work_dir or Path(temporary)
+        env["VIT_YOGA_CACHE"] = str(work / "cache")
+        jobs: dict[str, Callable[[], list[dict[str, Any]]]] = {
+            "digits": lambda: digits_rows(work, env, args.smoke, args.recipes),
+            "synthetic": lambda: synthetic_rows(work, env, args.smoke),
+        }
+        rows = [row for task in args.tasks for row in jobs[task]()]
+    report = {"machine": machine(), "rows": rows}
+    print(f"Machine: {report['machine']}\n\n{format_table(rows)}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
