@@ -12,6 +12,8 @@ from conftest import load_script
 from PIL import Image
 
 import yoga82
+from vit_yoga.arguments import parse_arguments
+from vit_yoga.recipes import RECIPES
 from vit_yoga.transforms import TrainingCollator, TrainingTransform
 
 train_main = load_script("train.py")["main"]
@@ -87,3 +89,14 @@ def test_training_with_every_regulariser_on(poses, tmp_path):
     assert len(steps) == 3 and all(np.isfinite(e["loss"]) and 0 <= e["train_accuracy"] <= 1 for e in steps)
     card = (out / "README.md").read_text()
     assert "MixUp (alpha 0.8)" in card and "random erasing (p=0.25)" in card
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_parses_and_a_flag_still_wins(recipe, tmp_path):
+    run = parse_arguments(["--dataset_name", str(tmp_path), "--recipe", recipe, "--learning_rate", "0.123",
+                           "--output_dir", str(tmp_path / "out")])
+    values = {**vars(run.model), **vars(run.data), **vars(run.training)}
+    for name, value in RECIPES[recipe].items():
+        if name != "learning_rate":
+            assert values[name] == value or getattr(values[name], "value", None) == value, name
+    assert run.training.learning_rate == 0.123
