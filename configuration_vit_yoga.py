@@ -10,11 +10,15 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-# Named sizes from the ViT paper and DeiT (Ti), all with 16-pixel patches at 224 px. ``vit-pico`` is ours:
-# a model small enough to train on a laptop CPU in minutes (the out-of-the-box synthetic run uses it).
-VIT_YOGA_PRESETS: dict[str, dict[str, int]] = {
+PATCH_EMBEDDING_TYPES = ("standard", "conv_stem")
+
+# Named sizes from the ViT paper and DeiT (Ti), all with 16-pixel patches at 224 px, and their initialisation
+# (std 0.02). ``vit-pico`` is ours: a model small enough to train on a laptop CPU in minutes (the out-of-the-box
+# synthetic run uses it); at its width of 96, std 0.02 leaves it nearly linear for thousands of steps, so it starts
+# from std 0.1, about 1/sqrt(96) (the README's recipes measure the difference).
+VIT_YOGA_PRESETS: dict[str, dict[str, int | float]] = {
     "vit-pico": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=384,
-                     image_size=64, patch_size=8),
+                     image_size=64, patch_size=8, initializer_range=0.1),
     "vit-ti16": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
     "vit-s16": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "vit-b16": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -40,6 +44,9 @@ class ViTYogaConfig(PretrainedConfig):
         label_level: the column (one of ``hierarchy_levels``) that the single-head classifier predicts; its
             class names become ``id2label`` unless ``id2label`` is given. ``None`` for other data sets.
         init_lineage: the checkpoints this model was initialised from, oldest first (written by train.py).
+        patch_embedding_type: "standard" (the ViT's patch projection, one strided convolution: weights port to
+            and from transformers' and timm's ViT) or "conv_stem" (a stack of 3x3 stride-2 convolutions, Xiao et
+            al. 2021: a small-data option, see the README's recipes).
     """
 
     model_type = "vit_yoga"
@@ -65,6 +72,7 @@ class ViTYogaConfig(PretrainedConfig):
         hierarchy_parents: list[list[int]] | None = None,
         label_level: str | None = None,
         init_lineage: list[dict[str, Any]] | None = None,
+        patch_embedding_type: str = "standard",
         **kwargs: Any,
     ) -> None:
         self.image_size = image_size
@@ -86,6 +94,7 @@ class ViTYogaConfig(PretrainedConfig):
         self.hierarchy_parents = [[int(p) for p in parents] for parents in (hierarchy_parents or [])]
         self.label_level = label_level
         self.init_lineage = list(init_lineage or [])
+        self.patch_embedding_type = patch_embedding_type
         if label_level is not None and "id2label" not in kwargs and "num_labels" not in kwargs:
             if label_level in self.hierarchy_levels:
                 names = self.hierarchy_class_names[self.hierarchy_levels.index(label_level)]
@@ -125,6 +134,17 @@ class ViTYogaConfig(PretrainedConfig):
             raise ValueError(
                 f"ViTYogaConfig.hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                 f"({self.num_attention_heads}); each head gets hidden_size / num_attention_heads channels."
+            )
+        if self.patch_embedding_type not in PATCH_EMBEDDING_TYPES:
+            raise ValueError(
+                f"ViTYogaConfig.patch_embedding_type {self.patch_embedding_type!r} is unknown; choose one of "
+                f"{list(PATCH_EMBEDDING_TYPES)}."
+            )
+        power_of_two = self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0
+        if self.patch_embedding_type == "conv_stem" and not power_of_two:
+            raise ValueError(
+                f"patch_embedding_type='conv_stem' reaches the patch grid by halving the image, so patch_size must be "
+                f"a power of two (2, 4, 8, 16...), got {self.patch_size}."
             )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, name)
@@ -186,4 +206,4 @@ class ViTYogaConfig(PretrainedConfig):
         return chains
 
 
-__all__ = ["ViTYogaConfig", "VIT_YOGA_PRESETS"]
+__all__ = ["PATCH_EMBEDDING_TYPES", "VIT_YOGA_PRESETS", "ViTYogaConfig"]

@@ -87,6 +87,8 @@ def test_presets(name, expected):
         (dict(label_level="pose"), "not a hierarchy level"),
         (dict(drop_path_rate=1.5), "drop_path_rate"),
         (dict(num_hidden_layers=0), "positive integer"),
+        (dict(patch_embedding_type="convolutional"), "patch_embedding_type 'convolutional' is unknown"),
+        (dict(image_size=36, patch_size=6, patch_embedding_type="conv_stem"), "patch_size must be a power of two"),
     ],
 )
 def test_bad_configs_raise_clear_errors(kwargs, message):
@@ -339,7 +341,9 @@ def test_checkpoint_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, mo
     """Also, with the flat classifier (sharing the process start): a converted ImageNet-21k-style backbone (no
     head) starts a fine-tune as transformers' ViT does, with AutoModelForImageClassification and num_labels: the
     backbone's weights kept, a new head reported as newly initialised."""
-    model = randomize_(model_class(tiny_config(label_level="label_82")))
+    # The hierarchical checkpoint also carries the small-data option, the convolutional stem.
+    stem = "conv_stem" if model_class is ViTYogaForHierarchicalClassification else "standard"
+    model = randomize_(model_class(tiny_config(label_level="label_82", patch_embedding_type=stem)))
     folder = tmp_path / "checkpoint"
     model.save_pretrained(folder)
     vit_yoga_image_processor(model.config).save_pretrained(folder)
@@ -371,3 +375,23 @@ def test_checkpoint_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, mo
         assert fine_tune["missing"] == ["classifier.bias", "classifier.weight"] and fine_tune["unexpected"] == []
         assert fine_tune["backbone_kept"] and fine_tune["head_shape"] == [5, TINY["hidden_size"]]
         assert 0.01 < fine_tune["head_std"] < 0.03 and fine_tune["head_bias"] == 0.0  # initializer_range 0.02
+
+
+def test_conv_stem_gives_the_same_token_grid_and_trains():
+    """The convolutional stem replaces the patch projection only: same tokens, any power-of-two patch size; it
+    learns (one SGD step lowers the loss on a fixed batch) and saves and loads like the rest."""
+    for patch_size, image_size in ((2, 8), (4, 32), (8, 32), (16, 64)):
+        config = tiny_config(image_size=image_size, patch_size=patch_size, patch_embedding_type="conv_stem",
+                             label_level="label_6")
+        embeddings = ViTYogaModel(config).embeddings(pixels(size=image_size))
+        assert embeddings.shape == (2, (image_size // patch_size) ** 2 + 1, TINY["hidden_size"])
+    model = ViTYogaForImageClassification(tiny_config(patch_embedding_type="conv_stem", label_level="label_6"))
+    # Each image is normalised on its own: an example's output does not depend on its batch, even in training, so
+    # gradients do not depend on how a batch is split across processes.
+    torch.testing.assert_close(model.train()(pixels()).logits[:1], model(pixels()[:1]).logits)
+    labels = torch.tensor([1, 4])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model(pixels(), labels=labels).loss
+    before.backward()
+    optimizer.step()
+    assert model(pixels(), labels=labels).loss < before

@@ -49,7 +49,7 @@ def read_json(path: Path) -> dict:
 
 def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog):
     level1 = tmp_path / "level1"
-    out = train_main(tiny_args(poses, level1, "--label_level", "1"))
+    out = train_main(tiny_args(poses, level1, "--label_level", "1", "--recipe", "report"))
     assert set(out["results"]) == {"validation", "test"}
     files = {p.name for p in level1.iterdir()}
     assert {"model.safetensors", "config.json", "configuration_vit_yoga.py", "modeling_vit_yoga.py",

@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from configuration_vit_yoga import VIT_YOGA_PRESETS
+from configuration_vit_yoga import PATCH_EMBEDDING_TYPES, VIT_YOGA_PRESETS
 
 from .hub import HubTarget
 from .recipes import DEFAULT_RECIPE, RECIPES, run_defaults
@@ -44,6 +44,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "Dropout on the embeddings and after attention and MLP. Default: the recipe's for a new "
                           "model, the checkpoint's with --init_from."},
+    )
+    patch_embedding_type: str | None = field(
+        default=None,
+        metadata={"help": "'standard' (the ViT's patch projection; ports to and from transformers and timm) or "
+                          "'conv_stem' (3x3 convolutions, Xiao et al. 2021: learns far faster from little data). "
+                          "Default: the recipe's for a new model, the checkpoint's with --init_from.",
+                  "choices": list(PATCH_EMBEDDING_TYPES)},
     )
     drop_path_rate: float | None = field(
         default=None,

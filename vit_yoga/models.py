@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 # Fields that shape the weights: a checkpoint's values cannot change. The others (dropout, drop path) may.
 ARCHITECTURE_FIELDS = (
     "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
-    "intermediate_size", "hidden_act", "qkv_bias", "layer_norm_eps",
+    "intermediate_size", "hidden_act", "qkv_bias", "layer_norm_eps", "patch_embedding_type",
 )
 HIERARCHICAL = ViTYogaForHierarchicalClassification.__name__
 SINGLE_HEAD = ViTYogaForImageClassification.__name__
@@ -45,10 +45,11 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
 
 
 def config_overrides(model_args: ModelArguments, data_args: DataArguments) -> dict[str, Any]:
-    """The config fields the flags set: --config_overrides, --image_size, --hidden_dropout_prob, --drop_path_rate."""
+    """The config fields the flags set: --config_overrides, --image_size, --patch_embedding_type,
+    --hidden_dropout_prob, --drop_path_rate."""
     overrides = parse_overrides(model_args.config_overrides)
-    flags = {"image_size": data_args.image_size, "hidden_dropout_prob": model_args.hidden_dropout_prob,
-             "drop_path_rate": model_args.drop_path_rate}
+    flags = {"image_size": data_args.image_size, "patch_embedding_type": model_args.patch_embedding_type,
+             "hidden_dropout_prob": model_args.hidden_dropout_prob, "drop_path_rate": model_args.drop_path_rate}
     for name, value in flags.items():
         if value is None:
             continue
