@@ -34,3 +34,14 @@ def poses(tmp_path_factory) -> Path:
 
     return generate_synthetic(tmp_path_factory.mktemp("data") / "poses", images_per_class=4, image_size=32, seed=0,
                               progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Benchmarks called in-process set torch's thread count (as their command line asks); later tests must not
+    inherit it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -167,7 +167,8 @@ def test_push_uploads_exactly_the_folder_and_a_failed_push_keeps_it(poses, tmp_p
 
 
 def run_train(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The same thread count as this process: a different one sums in another order, and runs drift apart.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
     return subprocess.Popen([sys.executable, str(PROJECT / "train.py"), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
