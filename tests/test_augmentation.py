@@ -34,6 +34,7 @@ def examples(count: int, seed: int = 0) -> list[dict]:
 
 @pytest.mark.parametrize("mixup, cutmix, smoothing", [(0.8, 0.0, 0.0), (0.0, 1.0, 0.0), (0.8, 1.0, 0.1), (0, 0, 0.1)])
 def test_mixed_targets_are_distributions_that_agree_across_levels(mixup, cutmix, smoothing):
+    torch.manual_seed(0)  # CutMix's box can fall outside a tiny image (then nothing mixes): fix the draw
     parents = yoga82.hierarchy()["hierarchy_parents"]
     collator = TrainingCollator(SIZES, parents, label_smoothing=smoothing, mixup_alpha=mixup, cutmix_alpha=cutmix)
     batch = collator(examples(8))
@@ -48,7 +49,8 @@ def test_mixed_targets_are_distributions_that_agree_across_levels(mixup, cutmix,
     fine_to_20 = torch.nn.functional.one_hot(torch.tensor(parents[1]), 20).float()
     torch.testing.assert_close(unsmoothed[2] @ fine_to_20, unsmoothed[1])  # a parent's share is its children's sum
     if mixup or cutmix:
-        assert (unsmoothed[2] > 0).sum(1).max() == 2  # two images' poses per example
+        poses_per_example = (unsmoothed[2] > 0).sum(1)
+        assert poses_per_example.max() == 2 and poses_per_example.min() >= 1  # at most two images' poses mixed
 
 
 def test_mixing_one_level_and_plain_batches():
