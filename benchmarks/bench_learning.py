@@ -2,6 +2,7 @@
 
     python benchmarks/bench_learning.py                       # everything (about 30 minutes on 2 cores)
     python benchmarks/bench_learning.py --tasks digits        # scikit-learn's digits only (a few minutes)
+    python benchmarks/bench_learning.py --tasks synthetic --synthetic_epochs 10   # a smaller budget
     python benchmarks/bench_learning.py --smoke               # a few steps of each row: checks the script runs
 
 Two tasks, one table:
@@ -99,6 +100,13 @@ def reference_loop(digits: Path, epochs: int, seed: int = 0) -> dict[str, Any]:
     return {"accuracy": accuracy, "train_s": wall, "wall_s": wall}
 
 
+def announce(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Add a row, and say so at once (a whole benchmark takes half an hour)."""
+    rows.append(row)
+    print(f"[{row['task']}] {row['run']}: top-1 {row['accuracy']:.3f}, {row['train_s']:.0f} s of training",
+          file=sys.stderr, flush=True)
+
+
 def run_train(args: list[str], output_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     """train.py in a subprocess, as a user runs it; its results files."""
     started = time.perf_counter()
@@ -120,22 +128,23 @@ def digits_rows(work: Path, env: dict[str, str], smoke: bool, recipes: list[str]
     schedule = ["--max_steps", "3"] if smoke else DIGITS_SCHEDULE
     rows = []
     reference = reference_loop(digits, epochs=1 if smoke else 30)
-    rows.append(dict(task="digits", run="plain loop, transformers ViT (no augmentation)", **reference))
+    announce(rows, dict(task="digits", run="plain loop, transformers ViT (no augmentation)", **reference))
     variants = [("train.py, defaults (--hflip 0)", [])] + [
         (f"train.py --recipe {recipe} (--hflip 0)", ["--recipe", recipe]) for recipe in recipes
     ]
     for name, extra in variants:
         out = run_train([*data, *schedule, *extra], work / "runs" / f"digits-{len(rows)}", env)
-        rows.append(dict(task="digits", run=name, accuracy=out["eval"]["eval_accuracy"],
-                         train_s=out["train"]["train_runtime"], wall_s=out["wall_s"]))
+        announce(rows, dict(task="digits", run=name, accuracy=out["eval"]["eval_accuracy"],
+                            train_s=out["train"]["train_runtime"], wall_s=out["wall_s"]))
     return rows
 
 
-def synthetic_rows(work: Path, env: dict[str, str], smoke: bool) -> list[dict[str, Any]]:
-    """Level 3 out of the box; level 1 then 3 at the same total budget; the joint model."""
-    epochs = read_default_epochs()
-    short = ["--max_steps", "3"] if smoke else []
-    half = short or ["--num_train_epochs", str(epochs / 2)]
+def synthetic_rows(work: Path, env: dict[str, str], smoke: bool, epochs: float | None) -> list[dict[str, Any]]:
+    """Level 3 from scratch; level 1 then 3 at the same total budget; the joint model. ``epochs``: the budget of
+    each (None: the out-of-the-box number)."""
+    budget = epochs or read_default_epochs()
+    short = ["--max_steps", "3"] if smoke else ([] if epochs is None else ["--num_train_epochs", str(budget)])
+    half = ["--max_steps", "3"] if smoke else ["--num_train_epochs", str(budget / 2)]
     runs = work / "runs"
     rows = []
 
@@ -146,16 +155,16 @@ def synthetic_rows(work: Path, env: dict[str, str], smoke: bool) -> list[dict[st
                     top5=test[f"{prefix}top5_accuracy"], train_s=seconds, wall_s=wall)
 
     scratch = run_train(["--label_level", "3", *short], runs / "level3", env)
-    rows.append(level3(scratch, "level 3 from scratch (out of the box)", scratch["train"]["train_runtime"],
-                       scratch["wall_s"]))
+    name = "level 3 from scratch" + (" (out of the box)" if epochs is None else f", {budget:g} epochs")
+    announce(rows, level3(scratch, name, scratch["train"]["train_runtime"], scratch["wall_s"]))
     first = run_train(["--label_level", "1", *half], runs / "level1", env)
     then = run_train(["--label_level", "3", "--init_from", str(runs / "level1"), *half], runs / "level1to3", env)
-    rows.append(level3(then, "level 1, then level 3 from it (same total epochs)",
-                       first["train"]["train_runtime"] + then["train"]["train_runtime"],
-                       first["wall_s"] + then["wall_s"]))
+    announce(rows, level3(then, f"level 1 ({budget / 2:g} epochs), then level 3 from it ({budget / 2:g} epochs)",
+                          first["train"]["train_runtime"] + then["train"]["train_runtime"],
+                          first["wall_s"] + then["wall_s"]))
     joint = run_train(["--label_level", "all", *short], runs / "joint", env)
-    rows.append(level3(joint, "joint: one model, three heads (--label_level all)", joint["train"]["train_runtime"],
-                       joint["wall_s"], column="label_82"))
+    announce(rows, level3(joint, "joint: one model, three heads (--label_level all)", joint["train"]["train_runtime"],
+                          joint["wall_s"], column="label_82"))
     return rows
 
 
@@ -195,7 +204,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=["digits", "synthetic"], default=["digits", "synthetic"])
-    parser.add_argument("--recipes", nargs="*", default=["deit"], help="train.py --recipe rows on digits")
+    parser.add_argument("--recipes", nargs="*", default=["report", "deit"], help="train.py --recipe rows on digits")
+    parser.add_argument("--synthetic_epochs", type=float, default=None,
+                        help="the synthetic rows' budget in epochs (default: train.py's out-of-the-box number)")
     parser.add_argument("--smoke", action="store_true", help="a few steps per row: checks the script, not learning")
     parser.add_argument("--work_dir", type=Path, default=None, help="keep the data and runs here")
     parser.add_argument("--json", type=Path, default=None)
@@ -206,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         env["VIT_YOGA_CACHE"] = str(work / "cache")
         jobs: dict[str, Callable[[], list[dict[str, Any]]]] = {
             "digits": lambda: digits_rows(work, env, args.smoke, args.recipes),
-            "synthetic": lambda: synthetic_rows(work, env, args.smoke),
+            "synthetic": lambda: synthetic_rows(work, env, args.smoke, args.synthetic_epochs),
         }
         rows = [row for task in args.tasks for row in jobs[task]()]
     report = {"machine": machine(), "rows": rows}

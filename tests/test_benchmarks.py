@@ -85,3 +85,22 @@ def test_bench_data_times_the_pipelines_and_the_dataloader(tmp_path):
         assert report["ratios"][image_set]["train_vs_vit-image-processor"] > 0
         assert report["dataloader"][image_set]["1"] > 0
     assert len(list((tmp_path / "images" / "web").glob("*.jpg"))) == 3
+
+
+def test_bench_learning_smoke_runs_the_reference_and_train_py_on_digits(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    import bench_learning
+
+    out = tmp_path / "learning.json"
+    argv = ["--smoke", "--tasks", "digits", "--recipes", "--work_dir", str(tmp_path), "--json", str(out)]
+    assert bench_learning.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert [row["run"] for row in report["rows"]] == ["plain loop, transformers ViT (no augmentation)",
+                                                      "train.py, defaults (--hflip 0)"]
+    assert all(0 <= row["accuracy"] <= 1 and row["train_s"] > 0 for row in report["rows"])
+    # the digits as a user's image folder: 80/20, stratified, 10 classes
+    train = list((tmp_path / "digits" / "train").glob("*/*.png"))
+    validation = list((tmp_path / "digits" / "validation").glob("*/*.png"))
+    assert (len(train), len(validation)) == (1437, 360)
+    assert len({path.parent.name for path in validation}) == 10
+    assert "| digits | train.py, defaults (--hflip 0) |" in capsys.readouterr().out

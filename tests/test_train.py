@@ -153,6 +153,10 @@ def test_push_uploads_exactly_the_folder_and_a_failed_push_keeps_it(poses, tmp_p
     assert "Upload to the Hub repo 'me/broken' failed" in caplog.text and "the Hub is unreachable" in caplog.text
     assert secret not in caplog.text
     assert (broken / "model.safetensors").exists() and (broken / "README.md").exists()
+    # No token in any file either: checkpoints' training_args.bin (a pickle of the arguments) included.
+    written = [p for folder in (out_dir, broken) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in written)
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
 
     # The pushed folder is what users download: it loads in a fresh process, pipeline included.
     image = tmp_path / "pose.png"
