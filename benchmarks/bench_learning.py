@@ -129,7 +129,8 @@ def digits_rows(work: Path, env: dict[str, str], smoke: bool, recipes: list[str]
     rows = []
     reference = reference_loop(digits, epochs=1 if smoke else 30)
     announce(rows, dict(task="digits", run="plain loop, transformers ViT (no augmentation)", **reference))
-    variants = [("train.py, defaults (--hflip 0)", [])] + [
+    variants = [("train.py, defaults (--hflip 0)", []),
+                ("train.py, defaults, no crop (--hflip 0 --train_crop none)", ["--train_crop", "none"])] + [
         (f"train.py --recipe {recipe} (--hflip 0)", ["--recipe", recipe]) for recipe in recipes
     ]
     for name, extra in variants:

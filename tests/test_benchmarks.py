@@ -96,7 +96,8 @@ def test_bench_learning_smoke_runs_the_reference_and_train_py_on_digits(tmp_path
     assert bench_learning.main(argv) == 0
     report = json.loads(out.read_text())
     assert [row["run"] for row in report["rows"]] == ["plain loop, transformers ViT (no augmentation)",
-                                                      "train.py, defaults (--hflip 0)"]
+                                                      "train.py, defaults (--hflip 0)",
+                                                      "train.py, defaults, no crop (--hflip 0 --train_crop none)"]
     assert all(0 <= row["accuracy"] <= 1 and row["train_s"] > 0 for row in report["rows"])
     # the digits as a user's image folder: 80/20, stratified, 10 classes
     train = list((tmp_path / "digits" / "train").glob("*/*.png"))
