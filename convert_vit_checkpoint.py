@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from vit_yoga.convert import load_source, max_abs_difference, save_atomically
+from yoga_common.errors import UsageError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         reference, converted, (mean, std) = load_source(args.source, args.num_attention_heads)
-    except (ValueError, OSError) as error:
+    except (UsageError, ValueError, OSError) as error:
         print(f"error: cannot convert {args.source}: {error}", file=sys.stderr)
         return 2
     if reference is not None:

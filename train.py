@@ -24,13 +24,14 @@ from vit_yoga.arguments import parse_arguments
 from vit_yoga.card import write_model_card
 from vit_yoga.data import load_data
 from vit_yoga.evaluation import HierarchicalMetrics, evaluate_split
-from vit_yoga.hub import MODEL_EXCLUDE, push_folder, retry_command
 from vit_yoga.models import build_model, image_processor
 from vit_yoga.outputs import check_output_dir, release_previous_run, resolve_resume, set_aside_previous_run
 from vit_yoga.plots import plot_history
 from vit_yoga.runtime import setup_logging, share_cpu_cores
 from vit_yoga.trainer import YogaTrainer
 from vit_yoga.transforms import BatchTransform, EvaluationTransform, TrainingCollator, TrainingTransform, collate
+from yoga_common.errors import UsageError
+from yoga_common.hub import MODEL_EXCLUDE, push_folder, retry_command
 
 logger = logging.getLogger("train")
 
@@ -140,5 +141,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return {"results": results, "output_dir": str(output_dir), "train": train_metrics}
 
 
+def cli() -> int:
+    """The command line: a mistake a user can fix is one ``error:`` line and exit status 2, before any work."""
+    try:
+        main()
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -1,4 +1,4 @@
-"""vit_yoga.files: a file or folder is complete or absent whatever happens to its writer, killed included."""
+"""yoga_common.files: a file or folder is complete or absent whatever happens to its writer, killed included."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-from vit_yoga import files
-from vit_yoga.files import (
+from yoga_common import files
+from yoga_common.files import (
     LockHeldError,
     atomic_write,
     exclusive_lock,
@@ -136,7 +136,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from vit_yoga import files
+    from yoga_common import files
 
     output, version, kill_at, how = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
     if how == "two-renames":
@@ -223,7 +223,7 @@ def test_exclusive_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_pat
     with exclusive_lock(lock, what="A job in here"):
         holder = subprocess.run(
             [sys.executable, "-c",
-             "import sys; from vit_yoga.files import exclusive_lock\n"
+             "import sys; from yoga_common.files import exclusive_lock\n"
              "with exclusive_lock(sys.argv[1], what='A job in here'): pass", str(lock)],
             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True, timeout=60,
         )
@@ -235,7 +235,7 @@ def test_exclusive_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_pat
     # A holder killed with SIGKILL leaves the file but not the lock.
     killed = subprocess.run(
         [sys.executable, "-c",
-         "import os, sys; from vit_yoga.files import exclusive_lock\n"
+         "import os, sys; from yoga_common.files import exclusive_lock\n"
          "with exclusive_lock(sys.argv[1], what='x'): os._exit(137)", str(lock)],
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, timeout=60,
     )

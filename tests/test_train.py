@@ -29,6 +29,7 @@ from vit_yoga.arguments import DataArguments, ModelArguments
 from vit_yoga.data import Labels, hierarchy_of_dataset
 from vit_yoga.models import build_model
 from vit_yoga.outputs import last_complete_checkpoint
+from yoga_common.errors import UsageError
 
 train_main = load_script("train.py")["main"]
 TINY_MODEL = "hidden_size=48,num_hidden_layers=2,num_attention_heads=3,intermediate_size=96"
@@ -252,18 +253,18 @@ def make_image_folder(root: Path) -> Path:
     ],
 )
 def test_bad_flags_fail_before_training(poses, tmp_path, extra, message, capsys):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(UsageError, match=message):
         train_main(tiny_args(poses, tmp_path / "out", *extra))
 
 
 def test_image_folder_without_yoga_levels(tmp_path):
     folder = make_image_folder(tmp_path / "pets")
-    with pytest.raises(SystemExit, match="lacks .*pass --label_column label"):
+    with pytest.raises(UsageError, match="lacks .*pass --label_column label"):
         train_main(tiny_args(tmp_path, tmp_path / "out", "--label_level", "3", "--train_dir", str(folder)))
     parquet = tmp_path / "no_images"
     parquet.mkdir()
     datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).to_parquet(parquet / "train.parquet")
-    with pytest.raises(SystemExit, match="has no image column"):
+    with pytest.raises(UsageError, match="has no image column"):
         train_main(tiny_args(parquet, tmp_path / "out2", "--label_column", "label"))
 
 
@@ -271,13 +272,13 @@ def test_checkpoint_that_cannot_be_used(poses, tmp_path):
     level1 = tmp_path / "level1"
     config = ViTYogaConfig.from_preset("vit-pico", image_size=32, label_level="label_6", **yoga82.hierarchy())
     ViTYogaForImageClassification(config).save_pretrained(level1)
-    with pytest.raises(SystemExit, match="is a 32 px model but 64 px was asked for"):
+    with pytest.raises(UsageError, match="is a 32 px model but 64 px was asked for"):
         train_main(tiny_args(poses, tmp_path / "o1", "--init_from", str(level1), "--image_size", "64"))
     other = ViTYogaConfig.from_preset("vit-pico", image_size=32, hierarchy_levels=["label_6", "label_20"],
                                             hierarchy_class_names=[["a", "b"], ["c", "d"]],
                                             hierarchy_parents=[[0, 1]])
     ViTYogaForImageClassification(other).save_pretrained(tmp_path / "other")
-    with pytest.raises(SystemExit, match="another label hierarchy"):
+    with pytest.raises(UsageError, match="another label hierarchy"):
         train_main(tiny_args(poses, tmp_path / "o2", "--init_from", str(tmp_path / "other")))
 
 
@@ -311,5 +312,5 @@ def test_fine_tune_from_a_converted_transformers_vit(poses, tmp_path):
     assert config["layer_norm_eps"] == 1e-12  # the source's, not our default
     weights = load_file(out_dir / "model.safetensors")
     assert weights["classifier.weight"].shape == (6, 48)
-    with pytest.raises(SystemExit, match="'vit' checkpoint, not a ViTYoga one; convert it first"):
+    with pytest.raises(UsageError, match="'vit' checkpoint, not a ViTYoga one; convert it first"):
         train_main(tiny_args(poses, tmp_path / "raw", "--init_from", str(tmp_path / "hf")))

@@ -25,6 +25,7 @@ from configuration_vit_yoga import ViTYogaConfig
 from modeling_vit_yoga import ViTYogaForHierarchicalClassification, ViTYogaForImageClassification
 from vit_yoga.data import LEVEL_COLUMNS
 from vit_yoga.transforms import TrainingTransform
+from yoga_common.errors import UsageError
 
 train_main = load_script("train.py")["main"]
 
@@ -281,11 +282,11 @@ def test_flags_win_over_the_defaults_in_any_spelling(tmp_path, monkeypatch):
                 "--output_dir", str(tmp_path / "fine")])
     config = read_json(tmp_path / "fine" / "config.json")
     assert (config["hidden_dropout_prob"], config["drop_path_rate"], config["image_size"]) == (0.3, 0.1, 32)
-    with pytest.raises(SystemExit, match=r"is a model with hidden_size=48 but hidden_size=64 was asked for"):
+    with pytest.raises(UsageError, match=r"is a model with hidden_size=48 but hidden_size=64 was asked for"):
         train_main([*fine, "--config_overrides", "hidden_size=64", "--output_dir", str(tmp_path / "wide")])
-    with pytest.raises(SystemExit, match=r"is a 32 px model but 64 px was asked for \(image_size"):
+    with pytest.raises(UsageError, match=r"is a 32 px model but 64 px was asked for \(image_size"):
         train_main([*fine, "--image_size", "64", "--output_dir", str(tmp_path / "big")])
-    with pytest.raises(SystemExit, match=r"drop_path_rate must be in \[0, 1\)"):
+    with pytest.raises(UsageError, match=r"drop_path_rate must be in \[0, 1\)"):
         train_main([*fine, "--config_overrides", "drop_path_rate=1.5", "--output_dir", str(tmp_path / "bad")])
 
 
@@ -299,7 +300,7 @@ def test_an_output_folder_holds_one_run(poses, tmp_path):
     train_main(deterministic_flags(poses, init, out, "1", *base))
     assert (out / "confusion_test_label_6.png").exists()
     level2 = deterministic_flags(poses, init_checkpoint(tmp_path / "init2", "2"), out, "2", *base)
-    with pytest.raises(SystemExit, match=r"already holds files of another run .*--overwrite_output_dir"):
+    with pytest.raises(UsageError, match=r"already holds files of another run .*--overwrite_output_dir"):
         train_main(level2)
     train_main([*level2, "--overwrite_output_dir"])
     names = {p.name for p in out.iterdir()}
@@ -313,6 +314,6 @@ def test_do_predict_needs_a_test_split(tmp_path):
     folder.mkdir()
     rows = {"image": [Image.new("RGB", (8, 8))] * 4, "label": [0, 1, 0, 1]}
     datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).to_parquet(folder / "train.parquet")
-    with pytest.raises(SystemExit, match="--do_predict asks for a test evaluation, but .* has no 'test' split"):
+    with pytest.raises(UsageError, match="--do_predict asks for a test evaluation, but .* has no 'test' split"):
         train_main(["--dataset_name", str(folder), "--label_column", "label", "--do_predict",
                     "--output_dir", str(tmp_path / "out")])

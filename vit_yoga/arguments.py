@@ -15,8 +15,9 @@ from typing import Any
 from transformers import HfArgumentParser, TrainingArguments
 
 from configuration_vit_yoga import PATCH_EMBEDDING_TYPES, VIT_YOGA_PRESETS
+from yoga_common.errors import UsageError
+from yoga_common.hub import HubTarget
 
-from .hub import HubTarget
 from .recipes import DEFAULT_RECIPE, RECIPES, run_defaults
 
 SYNTHETIC = "synthetic"
@@ -192,7 +193,7 @@ def parse_arguments(argv: list[str]) -> RunArguments:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
 
     if model_args.model_preset and model_args.model_preset not in VIT_YOGA_PRESETS:
-        raise SystemExit(f"error: --model_preset {model_args.model_preset!r} is unknown; choose one of "
+        raise UsageError(f"--model_preset {model_args.model_preset!r} is unknown; choose one of "
                          f"{sorted(VIT_YOGA_PRESETS)}.")
     hub = HubTarget.from_training_args(training_args) if training_args.push_to_hub else None
     # The token must not be pickled into every checkpoint's training_args.bin; the hub target keeps it. Trainer

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from yoga_common.files import atomic_write
+
 from .arguments import DataArguments, YogaTrainingArguments
-from .files import atomic_write
 from .transforms import CROP_RATIO
 
 

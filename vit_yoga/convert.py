@@ -17,8 +17,7 @@ from transformers import PreTrainedModel, ViTConfig, ViTForImageClassification, 
 
 from configuration_vit_yoga import ViTYogaConfig
 from modeling_vit_yoga import ViTYogaForImageClassification, ViTYogaModel, vit_yoga_image_processor
-
-from .files import staged_folder
+from yoga_common.files import staged_folder
 
 # The fields ViTYogaConfig shares with transformers' ViTConfig, same name and meaning: the one mapping between the two.
 SHARED_VIT_FIELDS = (

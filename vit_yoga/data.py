@@ -13,6 +13,7 @@ import datasets
 from transformers import TrainingArguments
 
 from yoga82.labels import LEVELS
+from yoga_common.errors import UsageError
 
 from .arguments import DataArguments
 
@@ -56,7 +57,7 @@ def load_image_dataset(data_args: DataArguments, training_args: TrainingArgument
                 data_files[split] = os.path.join(folder, "**")
         for split, pattern in data_files.items():
             if not Path(pattern).parent.is_dir():
-                raise SystemExit(f"error: --{split}_dir {Path(pattern).parent} is not a folder.")
+                raise UsageError(f"--{split}_dir {Path(pattern).parent} is not a folder.")
         dataset = datasets.load_dataset("imagefolder", data_files=data_files)
     elif data_args.synthetic:
         from yoga82 import generate_synthetic
@@ -72,10 +73,10 @@ def load_image_dataset(data_args: DataArguments, training_args: TrainingArgument
     else:
         dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
     if "train" not in dataset:
-        raise SystemExit(f"error: {data_args.dataset_name} has no 'train' split (it has {sorted(dataset)}).")
+        raise UsageError(f"{data_args.dataset_name} has no 'train' split (it has {sorted(dataset)}).")
     if training_args.do_predict and "test" not in dataset:
-        raise SystemExit(
-            f"error: --do_predict asks for a test evaluation, but {data_args.dataset_name} has no 'test' split (it has "
+        raise UsageError(
+            f"--do_predict asks for a test evaluation, but {data_args.dataset_name} has no 'test' split (it has "
             f"{sorted(dataset)}); pass --test_dir or drop --do_predict."
         )
     if "validation" not in dataset:
@@ -102,12 +103,12 @@ def load_data(data_args: DataArguments, training_args: TrainingArguments) -> tup
 def find_image_column(features: datasets.Features, requested: str | None) -> str:
     if requested:
         if requested not in features:
-            raise SystemExit(f"error: --image_column {requested!r} is not in the data set (columns: {list(features)}).")
+            raise UsageError(f"--image_column {requested!r} is not in the data set (columns: {list(features)}).")
         return requested
     image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
     if not image_columns:
-        raise SystemExit(
-            f"error: the data set has no image column (columns: {list(features)}); pass --image_column or use a data "
+        raise UsageError(
+            f"the data set has no image column (columns: {list(features)}); pass --image_column or use a data "
             "set with an Image feature (e.g. one written by `python -m yoga82 prepare`)."
         )
     return image_columns[0]
@@ -119,15 +120,15 @@ def find_labels(dataset: datasets.DatasetDict, data_args: DataArguments) -> Labe
     features = dataset["train"].features
     columns = [data_args.label_column] if data_args.label_column else LEVEL_COLUMNS[data_args.label_level]
     if not data_args.label_column and not all(c in features for c in columns) and "label" in features:
-        raise SystemExit(
-            f"error: --label_level {data_args.label_level} needs the column(s) {columns}, which this data set lacks "
+        raise UsageError(
+            f"--label_level {data_args.label_level} needs the column(s) {columns}, which this data set lacks "
             f"(columns: {list(features)}); for a data set that is not Yoga-82 pass --label_column label."
         )
     for column in columns:
         if column not in features:
             flag = "--label_column" if data_args.label_column else f"--label_level {data_args.label_level}"
-            raise SystemExit(
-                f"error: {flag} needs the column {column!r}, which this data set lacks (columns: {list(features)}); "
+            raise UsageError(
+                f"{flag} needs the column {column!r}, which this data set lacks (columns: {list(features)}); "
                 "choose a label column the data set has with --label_column."
             )
         if not isinstance(features[column], datasets.ClassLabel):
@@ -171,16 +172,16 @@ def hierarchy_of_dataset(dataset: datasets.DatasetDict) -> dict[str, Any]:
         parent = {}
         for child, coarse_id in sorted(pairs):
             if parent.setdefault(child, coarse_id) != coarse_id:
-                raise SystemExit(
-                    f"error: the data set's rows put {fine} class {names[levels.index(fine)][child]!r} under two "
+                raise UsageError(
+                    f"the data set's rows put {fine} class {names[levels.index(fine)][child]!r} under two "
                     f"{coarse} classes ({parent[child]} and {coarse_id}); fix the labels (python -m yoga82 prepare "
                     "checks them)."
                 )
         fine_names = names[levels.index(fine)]
         unknown = [fine_names[i] for i in range(len(fine_names)) if i not in parent]
         if unknown:
-            raise SystemExit(
-                f"error: the data set has no example of {fine} class(es) {unknown[:3]}, so their {coarse} parent is "
+            raise UsageError(
+                f"the data set has no example of {fine} class(es) {unknown[:3]}, so their {coarse} parent is "
                 f"unknown; predict one level (--label_level) or use a data set with every class."
             )
         parents.append([parent[i] for i in range(len(fine_names))])

@@ -16,6 +16,7 @@ from modeling_vit_yoga import (
     ViTYogaModel,
     vit_yoga_image_processor,
 )
+from yoga_common.errors import UsageError
 
 from .arguments import DataArguments, ModelArguments
 from .data import Labels
@@ -35,7 +36,7 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     overrides = {}
     for item in filter(None, (text or "").split(",")):
         if "=" not in item:
-            raise SystemExit(f"error: --config_overrides item {item!r} is not key=value.")
+            raise UsageError(f"--config_overrides item {item!r} is not key=value.")
         key, value = (s.strip() for s in item.split("=", 1))
         try:
             overrides[key] = json.loads(value)
@@ -54,12 +55,12 @@ def config_overrides(model_args: ModelArguments, data_args: DataArguments) -> di
         if value is None:
             continue
         if overrides.get(name, value) != value:
-            raise SystemExit(f"error: --{name} {value} and --config_overrides {name}={overrides[name]} disagree; "
+            raise UsageError(f"--{name} {value} and --config_overrides {name}={overrides[name]} disagree; "
                              "give one of them.")
         overrides[name] = value
     unknown = set(overrides) - set(ViTYogaConfig().to_dict())
     if unknown:
-        raise SystemExit(f"error: --config_overrides names fields ViTYogaConfig lacks: {sorted(unknown)}.")
+        raise UsageError(f"--config_overrides names fields ViTYogaConfig lacks: {sorted(unknown)}.")
     return overrides
 
 
@@ -77,7 +78,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, labels: La
         try:
             config = ViTYogaConfig.from_preset(model_args.model_preset or "vit-ti16", **label_kwargs, **overrides)
         except (ValueError, TypeError) as error:
-            raise SystemExit(f"error: cannot build the model: {error}") from None
+            raise UsageError(f"cannot build the model: {error}") from None
         return model_class(config)
     return _from_checkpoint(model_args, model_class, labels, label_kwargs, overrides)
 
@@ -96,13 +97,13 @@ def _from_checkpoint(
             )
         source = ViTYogaConfig.from_pretrained(init_from)
     except (OSError, ValueError) as error:
-        raise SystemExit(f"error: --init_from {init_from}: {error}") from None
+        raise UsageError(f"--init_from {init_from}: {error}") from None
     if source.hierarchy_levels and labels.hierarchy and (
         source.hierarchy_class_names != labels.hierarchy["hierarchy_class_names"]
         or source.hierarchy_parents != labels.hierarchy["hierarchy_parents"]
     ):
-        raise SystemExit(
-            f"error: --init_from {init_from} was trained on another label hierarchy than this data set's "
+        raise UsageError(
+            f"--init_from {init_from} was trained on another label hierarchy than this data set's "
             "(class names or parents differ); fine-tune from a checkpoint of the same hierarchy."
         )
     # A preset given with --init_from is a set of architecture overrides like any other.
@@ -113,8 +114,8 @@ def _from_checkpoint(
             flag = f"--model_preset {model_args.model_preset}" if name not in overrides else "your flags"
             what = (f"a {source.image_size} px model but {value} px was asked for" if name == "image_size" else
                     f"a model with {name}={getattr(source, name)} but {name}={value} was asked for")
-            raise SystemExit(
-                f"error: --init_from {init_from} is {what} ({name}, by {flag}); the weights fix the architecture: drop "
+            raise UsageError(
+                f"--init_from {init_from} is {what} ({name}, by {flag}); the weights fix the architecture: drop "
                 f"that override (images are resized to the checkpoint's {source.image_size} px) or train a new model "
                 "without --init_from."
             )
@@ -130,7 +131,7 @@ def _from_checkpoint(
         config = ViTYogaConfig.from_pretrained(init_from, **label_kwargs, **overrides)
         config.validate_vit_yoga()  # from_pretrained sets the overrides after the config has validated itself
     except ValueError as error:
-        raise SystemExit(f"error: --init_from {init_from} with your overrides: {error}") from None
+        raise UsageError(f"--init_from {init_from} with your overrides: {error}") from None
     config.init_lineage = [*source.init_lineage, {
         "checkpoint": init_from,
         "label_level": source.label_level or ("all" if HIERARCHICAL in source_architectures else None),

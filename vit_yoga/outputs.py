@@ -13,6 +13,8 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from yoga_common.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,12 +36,12 @@ def resolve_resume(training_args: TrainingArguments) -> str | None:
     if value.lower() in ("latest", "true", "last"):
         checkpoint = last_complete_checkpoint(training_args.output_dir)
         if checkpoint is None:
-            raise SystemExit(f"error: no complete checkpoint in {training_args.output_dir} to resume from.")
+            raise UsageError(f"no complete checkpoint in {training_args.output_dir} to resume from.")
         return checkpoint
     if not (Path(value) / "trainer_state.json").is_file():
         latest = last_complete_checkpoint(Path(value).parent)
-        raise SystemExit(
-            f"error: {value} is not a complete checkpoint (no trainer_state.json; the run was probably killed while "
+        raise UsageError(
+            f"{value} is not a complete checkpoint (no trainer_state.json; the run was probably killed while "
             f"saving it). Resume from {latest or 'an earlier checkpoint'} or pass --resume_from_checkpoint latest."
         )
     return value
@@ -53,8 +55,8 @@ def check_output_dir(training_args: TrainingArguments, overwrite: bool) -> bool:
         return False
     if not overwrite:
         found = sorted(p.name for p in output_dir.iterdir())
-        raise SystemExit(
-            f"error: --output_dir {output_dir} already holds files of another run ({', '.join(found[:5])}"
+        raise UsageError(
+            f"--output_dir {output_dir} already holds files of another run ({', '.join(found[:5])}"
             f"{', ...' if len(found) > 5 else ''}). Pass --resume_from_checkpoint latest to continue that run, "
             "--overwrite_output_dir to start over there, or choose another --output_dir."
         )

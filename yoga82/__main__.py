@@ -11,9 +11,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from vit_yoga.files import LockHeldError
+from yoga_common.errors import UsageError
+from yoga_common.files import LockHeldError
 
-from .release import ReleaseError, ReleaseNotFoundError
+from .release import ReleaseNotFoundError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"Wrote {output} in {time.perf_counter() - started:.1f} s")
             return push(output, args.push_to_hub, args.private or None) if args.push_to_hub else 0
-    except (ReleaseNotFoundError, ReleaseError, FileNotFoundError, FileExistsError, ValueError, LockHeldError) as error:
+    except (UsageError, ReleaseNotFoundError, FileNotFoundError, FileExistsError, LockHeldError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def push(folder: Path, repo_id: str, private: bool | None) -> int:
     """Push a finished data set folder; a failure leaves it complete, prints the retry command and returns 1."""
-    from vit_yoga.hub import HubTarget, retry_command
+    from yoga_common.hub import HubTarget, retry_command
 
     from .export import push_dataset_folder
 

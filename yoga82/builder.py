@@ -17,6 +17,8 @@ from typing import Any
 
 import datasets
 
+from yoga_common.errors import UsageError
+
 from .images import InvalidImage, normalized_jpeg
 from .labels import LABEL_6_NAMES, LABEL_20_NAMES, LABEL_82_NAMES
 from .release import SplitRow, read_release, stratified_split
@@ -84,9 +86,9 @@ class Yoga82(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
         if not self.config.release_dir or not self.config.images_dir:
-            raise ValueError("Yoga82 needs release_dir and images_dir, e.g. Yoga82(release_dir=..., images_dir=...)")
+            raise UsageError("Yoga82 needs release_dir and images_dir, e.g. Yoga82(release_dir=..., images_dir=...)")
         if self.config.resize is not None and self.config.resize < 1:
-            raise ValueError(f"resize must be a positive number of pixels, got {self.config.resize}")
+            raise UsageError(f"resize must be a positive number of pixels, got {self.config.resize}")
         images_dir = Path(self.config.images_dir)
         if not images_dir.is_dir():
             raise FileNotFoundError(f"No images folder at {images_dir}: run `python -m yoga82 download` first.")

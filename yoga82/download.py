@@ -37,7 +37,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from tqdm.auto import tqdm
 
-from vit_yoga.files import atomic_write, exclusive_lock, remove_partial_files
+from yoga_common.errors import UsageError
+from yoga_common.files import atomic_write, exclusive_lock, remove_partial_files
 
 from .images import InvalidImage, open_checked
 from .release import LinkRow, read_links
@@ -565,9 +566,9 @@ def download_images(
     (Ctrl-C), it returns within seconds having written only complete files; rerun it to resume.
     """
     if workers < 1 or retries < 0 or timeout <= 0 or deadline <= 0 or max_bytes <= 0:
-        raise ValueError("workers must be >= 1, retries >= 0, timeout, deadline and max_bytes > 0")
+        raise UsageError("workers must be >= 1, retries >= 0, timeout, deadline and max_bytes > 0")
     if max_bytes_in_flight < max_bytes:
-        raise ValueError(
+        raise UsageError(
             f"The memory budget for images in flight ({max_bytes_in_flight / 2**20:g} MB) must hold at least one "
             f"image of the largest accepted size ({max_bytes / 2**20:g} MB); raise --max_in_flight_mb or lower "
             "--max_mb."

@@ -24,8 +24,8 @@ from datasets.table import embed_table_storage
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from vit_yoga.files import staged_folder
-from vit_yoga.hub import HubTarget, push_folder
+from yoga_common.files import staged_folder
+from yoga_common.hub import HubTarget, push_folder
 
 from .builder import CITATION, HOMEPAGE
 from .labels import LABEL_82_NAMES, LEVELS
@@ -192,7 +192,7 @@ def write_parquet_dataset(
 ) -> Path:
     """Write ``dataset_dict`` (Yoga-82 features) to ``output_dir`` as Parquet shards, dataset card, counts and plot.
 
-    The folder is built under a temporary sibling name and swapped into place at the end (``vit_yoga.files.
+    The folder is built under a temporary sibling name and swapped into place at the end (``yoga_common.files.
     staged_folder``): a killed run leaves the previous complete folder, or none, never a half one. An existing
     non-empty ``output_dir`` is refused unless ``overwrite``, and with it unless it holds only what this function
     writes (``check_output_folder``).

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from vit_yoga.files import how_folders_overlap, temporary_folder_beside
+from yoga_common.errors import UsageError
+from yoga_common.files import how_folders_overlap, temporary_folder_beside
 
 from .release import read_release
 
@@ -43,14 +44,14 @@ def prepare(
     if not Path(images_dir).is_dir():
         raise FileNotFoundError(f"No images folder at {images_dir}: run `python -m yoga82 download` first.")
     if resize is not None and resize < 1:
-        raise ValueError(f"--resize must be a positive number of pixels, got {resize}")
+        raise UsageError(f"--resize must be a positive number of pixels, got {resize}")
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"--validation_fraction must be in [0, 1), got {validation_fraction}")
+        raise UsageError(f"--validation_fraction must be in [0, 1), got {validation_fraction}")
     for flag, folder in (("--images_dir", images_dir), ("--release_dir", release_dir)):
         relation = how_folders_overlap(output_dir, folder)
         if relation is not None:
             outer = Path(folder if relation == "lies inside" else output_dir).resolve()
-            raise ValueError(
+            raise UsageError(
                 f"--output_dir {output_dir} {relation} {flag} {folder}: the output folder is written, and with "
                 "--overwrite replaced, as a whole, so it must not share files with an input. Choose an --output_dir "
                 f"outside both, e.g. {outer.parent / (outer.name + '-parquet')}."

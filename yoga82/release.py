@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from yoga_common.errors import UsageError
+
 from .labels import LABEL_6_NAMES, LABEL_20_NAMES, LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 
 TRAIN_FILE = "yoga_train.txt"
@@ -25,7 +27,7 @@ LINKS_DIR = "yoga_dataset_links"
 _URL_START = re.compile(r"[\t ,;]+(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
-class ReleaseError(ValueError):
+class ReleaseError(UsageError):
     """The release metadata is malformed; the message names the file and line."""
 
 

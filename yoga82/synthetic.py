@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from yoga_common.errors import UsageError
+
 from .builder import yoga82_features
 from .export import COUNTS_FILE, check_output_folder, write_parquet_dataset
 from .labels import LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
@@ -245,9 +247,9 @@ def build_synthetic(
 ) -> datasets.DatasetDict:
     """The synthetic data set in memory: ``images_per_class`` per pose, split per class into train/validation/test."""
     if images_per_class < 1 or image_size < 8:
-        raise ValueError(f"need images_per_class >= 1 and image_size >= 8, got {images_per_class} and {image_size}")
+        raise UsageError(f"need images_per_class >= 1 and image_size >= 8, got {images_per_class} and {image_size}")
     if not (0 <= validation_fraction < 1 and 0 <= test_fraction < 1 and validation_fraction + test_fraction < 1):
-        raise ValueError("validation_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        raise UsageError("validation_fraction and test_fraction must be in [0, 1) and sum to less than 1")
     columns: dict[str, dict[str, list]] = {
         split: {"image": [], "image_path": [], "label_6": [], "label_20": [], "label_82": []}
         for split in ("train", "validation", "test")
