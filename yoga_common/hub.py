@@ -8,6 +8,7 @@ or ``hf auth login``, and never logged or written anywhere.
 from __future__ import annotations
 
 import fnmatch
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,8 @@ def push_folder(
 
 def retry_command(folder: str | Path, target: HubTarget, *, repo_type: str = "model",
                   exclude: Sequence[str] = ()) -> str:
-    """The `hf upload` command that uploads the same files by hand."""
+    """The `hf upload` command that uploads the same files by hand, quoted for a POSIX shell (a folder with a space or
+    a quote in its name stays one argument)."""
     type_flag = f" --repo-type {repo_type}" if repo_type != "model" else ""
-    excludes = "".join(f" --exclude '{pattern}'" for pattern in (*exclude, ".*"))
-    return f"hf upload {target.repo_id} {folder} .{type_flag}{excludes}"
+    excludes = "".join(f" --exclude {shlex.quote(pattern)}" for pattern in (*exclude, ".*"))
+    return f"hf upload {shlex.quote(target.repo_id)} {shlex.quote(str(folder))} .{type_flag}{excludes}"
