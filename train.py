@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     previous_run = set_aside_previous_run(training_args) if replaces_previous_run else None
     metrics = HierarchicalMetrics(labels.columns, labels.class_names, labels.hierarchy)
     callbacks = []
-    if training_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
+    if training_args.early_stopping_patience > 0:  # with --load_best_model_at_end (parse_arguments checks)
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     parents = labels.hierarchy.get("hierarchy_parents", []) if labels.hierarchical else []
     trainer = YogaTrainer(

@@ -250,11 +250,28 @@ def make_image_folder(root: Path) -> Path:
         (["--model_preset", "vit-xxl"], "--model_preset 'vit-xxl' is unknown"),
         (["--config_overrides", "hidden_size=50"], "not divisible by num_attention_heads"),
         (["--resume_from_checkpoint", "latest"], "no complete checkpoint"),
+        (["--early_stopping_patience", "3", "--load_best_model_at_end", "False"],
+         r"--early_stopping_patience 3 needs --load_best_model_at_end True"),
     ],
 )
 def test_bad_flags_fail_before_training(poses, tmp_path, extra, message, capsys):
     with pytest.raises(UsageError, match=message):
         train_main(tiny_args(poses, tmp_path / "out", *extra))
+
+
+def test_resuming_another_folders_checkpoint_into_a_used_folder_is_refused(poses, tmp_path):
+    """--output_dir B --resume_from_checkpoint A/checkpoint-N would mix A's continuation with B's run: refused like
+    any other used folder, before any work, and B is left as it was."""
+    checkpoint = tmp_path / "A" / "checkpoint-10"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    used = tmp_path / "B"
+    used.mkdir()
+    (used / "all_results.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"holds files of another run .*belongs to the run in .*A: continuing it "
+                                         r"here would mix two runs"):
+        train_main(tiny_args(poses, used, "--resume_from_checkpoint", str(checkpoint)))
+    assert [p.name for p in used.iterdir()] == ["all_results.json"]
 
 
 def test_image_folder_without_yoga_levels(tmp_path):

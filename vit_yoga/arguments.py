@@ -195,6 +195,15 @@ def parse_arguments(argv: list[str]) -> RunArguments:
     if model_args.model_preset and model_args.model_preset not in VIT_YOGA_PRESETS:
         raise UsageError(f"--model_preset {model_args.model_preset!r} is unknown; choose one of "
                          f"{sorted(VIT_YOGA_PRESETS)}.")
+    if training_args.early_stopping_patience > 0 and not training_args.load_best_model_at_end:
+        # transformers' EarlyStoppingCallback needs the best model tracked (it asserts so at the first step); a
+        # patience that would be silently ignored is refused before any work instead.
+        raise UsageError(
+            f"--early_stopping_patience {training_args.early_stopping_patience} needs --load_best_model_at_end True "
+            "(early stopping compares each evaluation with the best one, which only that tracks; it also needs "
+            "--eval_strategy and --save_strategy to match). Pass --load_best_model_at_end True, or "
+            "--early_stopping_patience 0 to train without early stopping."
+        )
     hub = HubTarget.from_training_args(training_args) if training_args.push_to_hub else None
     # The token must not be pickled into every checkpoint's training_args.bin; the hub target keeps it. Trainer
     # must not push either: the finished folder is pushed once, at the end.

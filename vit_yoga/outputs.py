@@ -47,17 +47,37 @@ def resolve_resume(training_args: TrainingArguments) -> str | None:
     return value
 
 
+def resumes_in_place(training_args: TrainingArguments) -> bool:
+    """Whether ``--resume_from_checkpoint`` continues the run in ``--output_dir`` (``latest``, or one of its own
+    ``checkpoint-*`` folders), rather than starting from another folder's checkpoint."""
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return False
+    if value.lower() in ("latest", "true", "last"):
+        return True
+    return Path(value).resolve().parent == Path(training_args.output_dir).resolve()
+
+
 def check_output_dir(training_args: TrainingArguments, overwrite: bool) -> bool:
     """Whether ``--output_dir`` holds another run's files that this run will replace; refused, before any work,
-    unless ``overwrite`` (--overwrite_output_dir). A resumed run's folder is its own."""
+    unless ``overwrite`` (--overwrite_output_dir). A run resumed from a checkpoint inside ``--output_dir`` continues
+    the run that folder holds; one resumed from another folder's checkpoint is a new run there, checked as one."""
     output_dir = Path(training_args.output_dir)
-    if training_args.resume_from_checkpoint is not None or not output_dir.is_dir() or not any(output_dir.iterdir()):
+    if resumes_in_place(training_args) or not output_dir.is_dir() or not any(output_dir.iterdir()):
         return False
     if not overwrite:
         found = sorted(p.name for p in output_dir.iterdir())
+        holds = (f"--output_dir {output_dir} already holds files of another run ({', '.join(found[:5])}"
+                 f"{', ...' if len(found) > 5 else ''})")
+        if training_args.resume_from_checkpoint is not None:
+            checkpoint = Path(training_args.resume_from_checkpoint)
+            raise UsageError(
+                f"{holds}, and --resume_from_checkpoint {checkpoint} belongs to the run in {checkpoint.parent}: "
+                f"continuing it here would mix two runs in one folder. Continue it in its own folder "
+                f"(--output_dir {checkpoint.parent}), choose an empty --output_dir, or pass --overwrite_output_dir."
+            )
         raise UsageError(
-            f"--output_dir {output_dir} already holds files of another run ({', '.join(found[:5])}"
-            f"{', ...' if len(found) > 5 else ''}). Pass --resume_from_checkpoint latest to continue that run, "
+            f"{holds}. Pass --resume_from_checkpoint latest to continue that run, "
             "--overwrite_output_dir to start over there, or choose another --output_dir."
         )
     return True
