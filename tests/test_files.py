@@ -114,6 +114,32 @@ def test_staged_folder_swaps_in_a_complete_folder_and_removes_only_its_own_lefto
     assert link.is_symlink() and snapshot(link) == {"a.txt": "v4", "sub/b.txt": "v4v4v4"}
 
 
+@pytest.mark.parametrize("make", ["staged_folder", "temporary_folder_beside"])
+def test_a_new_temporary_folder_survives_another_writer_cleaning_beside_it(tmp_path, monkeypatch, make):
+    """Another writer of the same output cleans up abandoned temporaries (_remove_abandoned) at the worst moment for
+    us: after our temporary folder exists, before we hold its lock. It must not remove our folder from under us."""
+    output = tmp_path / "out"
+    real_lock, cleaned = files._lock, []
+
+    def lock_after_another_writer_cleans(fd: int):
+        if not cleaned:  # the first lock a writer takes is on its own new folder: clean just before it
+            cleaned.append(sorted(p.name for p in tmp_path.iterdir()))
+            files._remove_abandoned(output.resolve())  # what a second process does, beside the same output
+        return real_lock(fd)
+
+    monkeypatch.setattr(files, "_lock", lock_after_another_writer_cleans)
+    if make == "staged_folder":
+        with staged_folder(output) as staging:
+            write_version(staging, "v1")
+        assert snapshot(output) == {"a.txt": "v1", "sub/b.txt": "v1v1v1"}
+    else:
+        with files.temporary_folder_beside(output) as scratch:
+            write_version(scratch, "v1")
+            assert snapshot(scratch) == {"a.txt": "v1", "sub/b.txt": "v1v1v1"}
+    assert len(cleaned) == 1 and len(cleaned[0]) == 1  # the cleaner ran while our new folder existed, unlocked
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # and nothing is left behind
+
+
 def test_staged_folder_without_atomic_exchange_recovers_the_previous_folder(tmp_path, monkeypatch):
     """Where renameat2 is missing, two renames; a kill between them leaves the old folder aside, restored next run."""
     monkeypatch.setattr(files, "_exchange", lambda first, second: False)

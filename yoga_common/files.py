@@ -47,6 +47,8 @@ PARTIAL_SUFFIX = ".part"
 # A folder retired by the two-rename fallback of staged_folder: a complete previous version, not garbage.
 _RETIRED_SUFFIX = ".previous"
 _PARTIAL_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")
+# A temporary folder before it is locked and renamed to its .part name (see _new_locked_folder).
+_CREATING_SUFFIX = ".creating"
 
 
 class LockHeldError(RuntimeError):
@@ -225,31 +227,61 @@ def _remove_abandoned(target: Path) -> None:
         with suppress(OSError):
             os.rename(retired.pop(), target)
             logger.warning("restored %s, left aside by a run that was killed while replacing it", target)
-    for path in retired + _siblings(target, PARTIAL_SUFFIX):
+    for path in retired + _siblings(target, PARTIAL_SUFFIX) + _siblings(target, _CREATING_SUFFIX):
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
             continue
         try:
-            if _lock(fd) is True:  # unlocked: its writer is dead (we hold the lock while removing it)
+            if _lock(fd) is not True:
+                continue  # locked: a live writer's
+            if path.name.endswith(_CREATING_SUFFIX):
+                # Unlocked and still being created: its writer died, or is between its mkdir and its lock, when it
+                # is still empty; rmdir removes only an empty folder, and the writer then starts again.
+                with suppress(OSError):
+                    os.rmdir(path)
+            else:  # unlocked: its writer is dead (we hold the lock while removing it)
                 shutil.rmtree(path, ignore_errors=True)
         finally:
             os.close(fd)
 
 
+def _new_locked_folder(target: Path) -> tuple[Path, int]:
+    """Create an empty ``.part`` sibling of ``target`` that is locked from the moment it has that name.
+
+    A folder cannot be created locked, and another writer cleaning beside the same target (``_remove_abandoned``)
+    takes any unlocked ``.part`` folder for a dead run's. So the folder is made under a name the cleaner treats with
+    care (``.creating``: removed only when empty and unlocked), locked, then renamed to its ``.part`` name; the lock
+    belongs to the open folder and survives the rename. A cleaner that removed it between the mkdir and the lock
+    makes the rename fail, and we start again.
+    """
+    while True:
+        path = partial_path(target)
+        creating = path.with_name(path.name[: -len(PARTIAL_SUFFIX)] + _CREATING_SUFFIX)
+        try:
+            os.mkdir(creating)  # the umask's permissions (mkdtemp would give 0700)
+        except FileExistsError:
+            continue
+        try:
+            fd = os.open(creating, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # a cleaner removed it already
+        if _lock(fd) is False:
+            os.close(fd)  # a cleaner holds it while removing it
+            continue
+        try:
+            os.rename(creating, path)
+        except FileNotFoundError:
+            os.close(fd)  # removed between our mkdir and our lock: that inode is gone
+            continue
+        return path, fd
+
+
 @contextmanager
 def _locked_partial_folder(target: Path) -> Iterator[Path]:
     """A new, empty temporary sibling folder of ``target``, held locked while in use and removed afterwards."""
-    while True:
-        path = partial_path(target)
-        try:
-            os.mkdir(path)  # the umask's permissions (mkdtemp would give 0700)
-            break
-        except FileExistsError:
-            continue
-    fd = os.open(path, os.O_RDONLY)
+    path, fd = _new_locked_folder(target)
     try:
-        _lock(fd)
         yield path
     finally:
         os.close(fd)
