@@ -25,12 +25,19 @@ from vit_yoga.card import write_model_card
 from vit_yoga.data import load_data
 from vit_yoga.evaluation import HierarchicalMetrics, evaluate_split
 from vit_yoga.models import build_model, image_processor
-from vit_yoga.outputs import check_output_dir, release_previous_run, resolve_resume, set_aside_previous_run
+from vit_yoga.outputs import (
+    UmaskPermissions,
+    check_output_dir,
+    release_previous_run,
+    resolve_resume,
+    set_aside_previous_run,
+)
 from vit_yoga.plots import plot_history
 from vit_yoga.runtime import setup_logging, share_cpu_cores
 from vit_yoga.trainer import YogaTrainer
 from vit_yoga.transforms import BatchTransform, EvaluationTransform, TrainingCollator, TrainingTransform, collate
 from yoga_common.errors import UsageError
+from yoga_common.files import give_umask_permissions
 from yoga_common.hub import MODEL_EXCLUDE, push_folder, retry_command
 
 logger = logging.getLogger("train")
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 5. Train.
     previous_run = set_aside_previous_run(training_args) if replaces_previous_run else None
     metrics = HierarchicalMetrics(labels.columns, labels.class_names, labels.hierarchy)
-    callbacks = []
+    callbacks = [UmaskPermissions()]
     if training_args.early_stopping_patience > 0:  # with --load_best_model_at_end (parse_arguments checks)
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     parents = labels.hierarchy.get("hierarchy_parents", []) if labels.hierarchical else []
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         repo_name = run.hub.repo_id if run.hub else output_dir.name
         write_model_card(output_dir, model, data_args, training_args, results, labels.columns, sizes, plots,
                          repo_name)
+        give_umask_permissions(output_dir)  # the weights too: safetensors writes them 0600
         release_previous_run(previous_run)
     trainer.accelerator.wait_for_everyone()
 

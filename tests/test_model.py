@@ -208,6 +208,8 @@ def test_converter_replaces_its_output_in_one_step_with_ordinary_permissions(tmp
     umask = os.umask(0)
     os.umask(umask)
     assert output.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    modes = {p.name: p.stat().st_mode & 0o777 for p in output.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}  # safetensors alone gives 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "hf", "out"]  # nothing else left, nor removed
     assert max_abs_difference(reference, ViTYogaModel.from_pretrained(output)) < 1e-5
 

@@ -48,9 +48,21 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog):
+@pytest.fixture
+def group_umask():
+    """umask 027, as on a shared machine where a group reads each other's runs; restored afterwards."""
+    previous = os.umask(0o027)
+    yield 0o027
+    os.umask(previous)
+
+
+def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog, group_umask):
     level1 = tmp_path / "level1"
     out = train_main(tiny_args(poses, level1, "--label_level", "1", "--recipe", "report"))
+    # Every file the run wrote, weights and checkpoints included, has the umask's permissions (safetensors: 0600).
+    modes = {p.relative_to(level1).as_posix(): p.stat().st_mode & 0o777 for p in level1.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and any(name.startswith("checkpoint-") for name in modes)
+    assert {name: mode for name, mode in modes.items() if mode != 0o640} == {}
     assert set(out["results"]) == {"validation", "test"}
     files = {p.name for p in level1.iterdir()}
     assert {"model.safetensors", "config.json", "configuration_vit_yoga.py", "modeling_vit_yoga.py",

@@ -10,10 +10,11 @@ import shutil
 import uuid
 from pathlib import Path
 
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from yoga_common.errors import UsageError
+from yoga_common.files import give_umask_permissions
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +102,12 @@ def set_aside_previous_run(training_args: TrainingArguments) -> Path | None:
 def release_previous_run(previous: Path | None) -> None:
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+class UmaskPermissions(TrainerCallback):
+    """Each checkpoint gets the umask's permissions as soon as it is saved: safetensors writes model.safetensors as
+    0600, which a group sharing the folder cannot read (train.py does the same for the final folder)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            give_umask_permissions(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

@@ -128,6 +128,30 @@ def atomic_write(path: str | Path, data: bytes | str, *, encoding: str = "utf-8"
     return Path(path)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else set and restored at once."""
+    with suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_permissions(folder: str | Path) -> None:
+    """Give every file under ``folder`` the permissions a plain ``open`` gives (0666 minus the umask).
+
+    Some libraries write through a private temporary and rename it: safetensors' ``save_file`` leaves a 0600
+    ``model.safetensors`` (tempfile's mode), which the rest of a shared folder's group then cannot read. Call it on
+    folders whose every file this process wrote.
+    """
+    wanted = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != wanted:
+            with suppress(OSError):
+                os.chmod(path, wanted)
+
+
 # ---------------------------------------------------------------------------------------------------- locks
 
 
@@ -356,7 +380,8 @@ def staged_folder(output_dir: str | Path, *, overwrite: bool = False) -> Iterato
     renames, with recovery). At every instant ``output_dir`` is the previous complete folder or the new complete
     one; an exception or a kill leaves the previous one. A non-empty ``output_dir`` is refused (``FileExistsError``)
     unless ``overwrite``; it is checked again when swapping. If ``output_dir`` is a symlink, the folder it points to
-    is the one replaced (and the temporary is built beside it). The new folder has ordinary permissions (the umask).
+    is the one replaced (and the temporary is built beside it). The new folder and its files have ordinary permissions
+    (the umask's), even those a library wrote as 0600.
     Only this module's own temporaries are ever removed; what is replaced is what the caller asked to replace.
     """
     target = Path(output_dir).resolve()
@@ -368,4 +393,5 @@ def staged_folder(output_dir: str | Path, *, overwrite: bool = False) -> Iterato
     _remove_abandoned(target)
     with _locked_partial_folder(target) as staging:
         yield staging
+        give_umask_permissions(staging)  # whatever library wrote the files, the folder appears with the umask's
         _swap_into_place(staging, target, overwrite)
