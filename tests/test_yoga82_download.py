@@ -342,10 +342,23 @@ def download_command(release: Path, images: Path, *extra: str) -> list[str]:
             "--quiet", *extra]
 
 
+# ``python -m yoga82 ...`` as a terminal starts it: Ctrl-C (SIGINT) raises KeyboardInterrupt. A process started from
+# a background job of a non-interactive shell (``pytest &`` in a CI script) inherits SIGINT *ignored*, and Python then
+# leaves it ignored: the download never saw the test's Ctrl-C and the test hung for its 30 s (issue 14). The child
+# restores the terminal's disposition itself (preexec_fn is unsafe here: this process runs server threads).
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'yoga82'; runpy.run_module('yoga82', run_name='__main__', alter_sys=True)"
+)
+
+
 def start_download(release: Path, images: Path, *extra: str) -> subprocess.Popen:
-    """``python -m yoga82 download`` in a process of its own, as a user runs it (and as a kill finds it)."""
+    """``python -m yoga82 download`` in a process of its own, as a user runs it from a terminal (and as a kill finds
+    it), whatever the signal dispositions pytest itself was started with."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.Popen(download_command(release, images, *extra), env=env, cwd=images.parent,
+    command = download_command(release, images, *extra)
+    assert command[1:3] == ["-m", "yoga82"]
+    return subprocess.Popen([command[0], "-c", AS_FROM_A_TERMINAL, *command[3:]], env=env, cwd=images.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -412,7 +425,7 @@ def test_second_download_is_refused_and_ctrl_c_stops_one_at_once(server, tmp_pat
         assert f"A download into {images.resolve()} is already running: pid {running.pid} on host" in error
         assert f"kill {running.pid}" in error and "releases the lock by itself" in error
 
-        # Ctrl-C while every worker is blocked on a slow server: out within seconds, no partial file, no lock.
+        # Ctrl-C while every worker is blocked on a slow server: out within 0.5 s, no partial file, no lock.
         started = time.perf_counter()
         running.send_signal(signal.SIGINT)
         _, stderr = running.communicate(timeout=30)
@@ -420,7 +433,7 @@ def test_second_download_is_refused_and_ctrl_c_stops_one_at_once(server, tmp_pat
     finally:
         running.kill()
     assert running.returncode == 130 and "rerun the same command to resume" in stderr
-    assert elapsed < 3.0, f"Ctrl-C took {elapsed:.2f} s"
+    assert elapsed < 0.5, f"Ctrl-C took {elapsed:.2f} s"  # the README's bound (measured: 5-70 ms on 2 busy cores)
     assert hidden_files(images) == []
     assert len(list(images.rglob("*.jpg"))) == len(GOOD)
 

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,14 +131,15 @@ def push(folder: Path, repo_id: str, private: bool | None) -> int:
     return 0
 
 
-def _exit_now_if_threads_linger(code: int) -> None:
-    """After Ctrl-C, exit without joining download threads still blocked in connect() or a DNS lookup.
+def _exit_now_if_interrupted(code: int) -> None:
+    """After Ctrl-C, exit at once rather than through the interpreter's shutdown.
 
-    They write nothing once stopped (see download.py), but the interpreter would wait for them at exit, up to
-    --timeout seconds; the user asked to stop now.
+    By then every file is complete or absent (download.py writes nothing once stopped) and the lock dies with the
+    process. The shutdown would join download threads still blocked in connect() or a DNS lookup (up to --timeout
+    seconds) and, even with none left, takes 0.2-0.7 s tearing down the imported libraries (measured on 2 busy
+    cores); the user asked to stop now.
     """
-    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if code == 130 and lingering:
+    if code == 130:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -147,5 +147,5 @@ def _exit_now_if_threads_linger(code: int) -> None:
 
 if __name__ == "__main__":
     exit_code = main()
-    _exit_now_if_threads_linger(exit_code)
+    _exit_now_if_interrupted(exit_code)
     sys.exit(exit_code)
