@@ -125,6 +125,54 @@ def test_prepare_round_trips_through_load_dataset(mini_release, tmp_path, monkey
     assert main(argv[:-3]) == 2
 
 
+HOLD_THE_DOWNLOAD_LOCK = """
+import sys, time
+from pathlib import Path
+from yoga82.download import LOCK_FILE
+from yoga_common.files import exclusive_lock
+images = Path(sys.argv[1]).resolve()
+with exclusive_lock(images / LOCK_FILE, what=f"A download into {images}"):  # what download_images holds
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_prepare_and_download_never_share_an_images_folder(mini_release, tmp_path, capsys):
+    """prepare refuses an images folder a download is filling, naming the download's pid; while prepare reads it,
+    a download refuses to start, naming prepare's; afterwards no lock file is left among the images."""
+    from contextlib import ExitStack
+
+    from yoga82.download import LOCK_FILE, download_images
+    from yoga82.prepare import _hold_images_against_downloads
+    from yoga_common.files import LockHeldError
+
+    release, images = mini_release
+    output = tmp_path / "yoga82"
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    download = subprocess.Popen([sys.executable, "-c", HOLD_THE_DOWNLOAD_LOCK, str(images)], env=env,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert download.stdout.readline().strip() == "held"
+        argv = ["prepare", "--release_dir", str(release), "--images_dir", str(images), "--output_dir", str(output),
+                "--quiet"]
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert (f"cannot start: A download into {images.resolve()} is running: pid {download.pid} on host" in error
+                and f"kill {download.pid}" in error)
+        assert not output.exists()
+    finally:
+        download.kill()
+        download.wait()
+
+    with ExitStack() as stack:
+        _hold_images_against_downloads(stack, images)  # what prepare holds while it builds
+        with pytest.raises(LockHeldError, match=rf"A download into .* cannot start: `python -m yoga82 prepare` "
+                                                rf"reading .* is running: pid {os.getpid()} on host"):
+            download_images(release, images, progress=False)
+    assert not (images / LOCK_FILE).exists()
+
+
 def test_prepare_keeps_original_size_without_resize(mini_release, tmp_path):
     release, images = mini_release
     output = prepare(release, images, tmp_path / "full", resize=None, validation_fraction=0.0)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 from yoga_common.errors import UsageError
-from yoga_common.files import how_folders_overlap, temporary_folder_beside
+from yoga_common.files import how_folders_overlap, shared_lock, temporary_folder_beside
 
 from .release import read_release
 
@@ -31,12 +32,12 @@ def prepare(
     Missing and undecodable images are skipped; their number per split is in the card and class_counts.json.
 
     Refused before any work: an ``output_dir`` that is, contains or lies inside ``images_dir`` or ``release_dir``
-    (replacing it would remove inputs), and a non-empty one without ``overwrite`` or holding files it did not write.
+    (replacing it would remove inputs), a non-empty one without ``overwrite`` or holding files it did not write, and
+    an ``images_dir`` that a download is still filling (LockHeldError naming it; see _hold_images_against_downloads).
     Temporary files (the Arrow cache) live in a hidden folder beside ``output_dir``, on its disk, and are removed.
     """
     # Imported here: they import `datasets` (seconds), and yoga82/__init__.py imports this module to export prepare.
-    from .builder import DESCRIPTION, Yoga82
-    from .export import check_output_folder, write_parquet_dataset
+    from .export import check_output_folder
 
     output_dir = Path(output_dir)
     # Fail on what the user can fix before decoding thousands of images.
@@ -57,6 +58,30 @@ def prepare(
                 f"outside both, e.g. {outer.parent / (outer.name + '-parquet')}."
             )
     check_output_folder(output_dir, overwrite=overwrite)
+    with ExitStack() as stack:
+        _hold_images_against_downloads(stack, Path(images_dir))
+        return _build(release_dir, images_dir, output_dir, resize=resize, validation_fraction=validation_fraction,
+                      seed=seed, num_workers=num_workers, overwrite=overwrite)
+
+
+def _hold_images_against_downloads(stack: ExitStack, images_dir: Path) -> None:
+    """Share the download's lock on ``images_dir`` for the whole build: a running download (which holds it alone)
+    makes prepare stop at once naming it (LockHeldError), and a download started meanwhile refuses to start, so the
+    data set is never built from a folder that is still being filled."""
+    from .download import LOCK_FILE  # the one name both commands use
+
+    what = f"`python -m yoga82 prepare` reading {images_dir.resolve()}"
+    try:
+        stack.enter_context(shared_lock(images_dir.resolve() / LOCK_FILE, what=what))
+    except OSError as error:  # a read-only images folder: nobody downloads into it through us
+        logger.warning("Cannot lock %s against downloads (%s); make sure no download into it is running.",
+                       images_dir, error)
+
+
+def _build(release_dir: str | Path, images_dir: str | Path, output_dir: Path, *, resize: int | None,
+           validation_fraction: float, seed: int, num_workers: int | None, overwrite: bool) -> Path:
+    from .builder import DESCRIPTION, Yoga82
+    from .export import write_parquet_dataset
 
     # A private, throw-away Arrow cache: the folder written below is the product, and a stale cache keyed on
     # folder names could silently miss newly downloaded images. It sits beside the output, on its disk: $TMPDIR is

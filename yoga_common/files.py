@@ -155,13 +155,13 @@ def give_umask_permissions(folder: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------------- locks
 
 
-def _lock(fd: int) -> bool | None:
-    """Take an exclusive flock on ``fd`` without waiting: True if taken, False if another process holds it, None
-    where flock does not exist or the file system refuses it (there is no lock to respect, nor to trust)."""
+def _lock(fd: int, shared: bool = False) -> bool | None:
+    """Take an exclusive (or ``shared``) flock on ``fd`` without waiting: True if taken, False if another process
+    holds it, None where flock does not exist or the file system refuses it (no lock to respect, nor to trust)."""
     if fcntl is None:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     except OSError as error:  # e.g. some network file systems
@@ -170,12 +170,49 @@ def _lock(fd: int) -> bool | None:
     return True
 
 
-def _describe_holder(text: str) -> str:
+def _read_holder(fd: int) -> tuple[str, str | None, str | None]:
+    """Who holds a lock file, from its record: a description (pid, host, start time), the pid, and its job."""
     try:
-        holder = json.loads(text)
-        return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        described = f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+        return described, str(holder["pid"]), holder.get("job")
     except (ValueError, KeyError, TypeError):
-        return "a process that has not written its name yet"
+        return "a process that has not written its name yet", None, None
+
+
+def _write_holder(fd: int, job: str) -> None:
+    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started, "job": job}) + "\n"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record.encode(), 0)
+
+
+def _held_by_another(fd: int, lock_file: Path, what: str) -> LockHeldError:
+    holder, pid, job = _read_holder(fd)
+    stop = f"stop it (kill {pid})" if pid else "stop it"
+    running = f"{what} is already running" if job in (None, what) else f"{what} cannot start: {job} is running"
+    return LockHeldError(
+        f"{running}: {holder} (it holds {lock_file}). Wait for it to finish, or {stop} and run again; a run that "
+        "crashed or was killed releases the lock by itself."
+    )
+
+
+def _open_locked(lock_file: Path, what: str, shared: bool) -> int:
+    """Open ``lock_file`` (created if needed) and lock it without waiting; raises LockHeldError naming the holder."""
+    for _ in range(10):
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        if _lock(fd, shared) is False:
+            error = _held_by_another(fd, lock_file, what)
+            os.close(fd)
+            raise error
+        try:
+            same_file = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            return fd
+        os.close(fd)  # the previous holder removed the file between our open and our lock: take the new one
+    raise LockHeldError(f"{lock_file} keeps being replaced; is another run starting and stopping in a loop?")
 
 
 @contextmanager
@@ -187,36 +224,40 @@ def exclusive_lock(lock_file: str | Path, *, what: str) -> Iterator[Path]:
     ``what`` names the job for that message, e.g. "A download into data/images".
     """
     lock_file = Path(lock_file)
-    for _ in range(10):
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-        if _lock(fd) is False:
-            holder = _describe_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-            os.close(fd)
-            pid = re.match(r"pid (\d+)", holder)
-            stop = f"stop it (kill {pid.group(1)})" if pid else "stop it"
-            raise LockHeldError(
-                f"{what} is already running: {holder} (it holds {lock_file}). Wait for it to finish, or {stop} and "
-                "run again; a run that crashed or was killed releases the lock by itself."
-            )
-        try:
-            same_file = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
-        except FileNotFoundError:
-            same_file = False
-        if same_file:
-            break
-        os.close(fd)  # the previous holder removed the file between our open and our lock: take the new one
-    else:
-        raise LockHeldError(f"{lock_file} keeps being replaced; is another run starting and stopping in a loop?")
+    fd = _open_locked(lock_file, what, shared=False)
     try:
-        started = time.strftime("%Y-%m-%d %H:%M:%S %z")
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}) + "\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode(), 0)
+        _write_holder(fd, what)
         yield lock_file
     finally:
         # Removed while still held, so that no other process can take a lock on a file that is about to vanish.
         with suppress(OSError):
             lock_file.unlink()
+        os.close(fd)
+
+
+@contextmanager
+def shared_lock(lock_file: str | Path, *, what: str) -> Iterator[Path]:
+    """Hold ``lock_file`` shared for the block: with other readers, never with the ``exclusive_lock`` holder.
+
+    For a job that reads what another writes (``prepare`` reading a folder a ``download`` fills): it raises
+    ``LockHeldError`` at once, naming the writer (pid, host, start time), while the writer runs; and while it holds
+    the lock, the writer refuses to start, naming the first reader. The last reader out removes the file.
+    """
+    lock_file = Path(lock_file)
+    fd = _open_locked(lock_file, what, shared=True)
+    try:
+        if _lock(fd) is True:  # no other reader: name ourselves for a writer's message (any record is a dead run's)
+            _write_holder(fd, what)
+        # Back to shared; flock converts a lock by dropping it first, so a failed upgrade above lost it too, and a
+        # writer may have taken it in between.
+        if _lock(fd, shared=True) is False:
+            raise _held_by_another(fd, lock_file, what)
+        yield lock_file
+    finally:
+        # Only a reader that can take the lock exclusively is the last: it removes the file while holding it.
+        if _lock(fd) is True:
+            with suppress(OSError):
+                lock_file.unlink()
         os.close(fd)
 
 
