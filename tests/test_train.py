@@ -230,7 +230,8 @@ def test_two_processes_through_accelerate_agree(poses, tmp_path):
     script = tmp_path / "train_and_report.py"
     script.write_text(RANK_REPORT.format(project=str(PROJECT)))
     out_dir = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # On the CPU whatever the machine has: --multi_gpu gives rank 1 cuda:1, which a one-GPU machine lacks.
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
                *tiny_args(poses, out_dir, "--label_level", "1")]

@@ -111,13 +111,20 @@ TWO_PROCESSES = textwrap.dedent(
 )
 
 
+def two_cpu_processes_env() -> dict[str, str]:
+    """Two processes on the CPU (gloo), on any machine: ``accelerate launch --multi_gpu --num_processes 2`` gives rank
+    i the device cuda:i, which a machine with one GPU lacks (rank 1 failed there); with no GPU visible both ranks run
+    on the CPU, as on a machine without one, and the exact fp32 comparisons below hold everywhere."""
+    return dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+
 def run_two_processes(tmp_path: Path, args: list[str]) -> None:
     script = tmp_path / "train_two.py"
     script.write_text(TWO_PROCESSES.format(project=str(PROJECT_ROOT)))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args]
-    result = subprocess.run(command, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                            text=True, timeout=400)
+    result = subprocess.run(command, cwd=tmp_path, env=two_cpu_processes_env(), capture_output=True, text=True,
+                            timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
