@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{output_dir} is complete; retry with `{retry_command(output_dir, run.hub, exclude=MODEL_EXCLUDE)}`."
             )
             raise SystemExit(1) from None
-    return {"results": results, "output_dir": str(output_dir), "train": train_metrics}
+    # The trainer and the splits as prepared above (transforms set) go back to a caller that evaluates further: the
+    # train/serve parity test compares this very evaluation path with the pipeline, image by image.
+    return {"results": results, "output_dir": str(output_dir), "train": train_metrics, "trainer": trainer,
+            "datasets": dataset}
 
 
 def cli() -> int:

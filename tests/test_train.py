@@ -56,6 +56,7 @@ def group_umask():
     os.umask(previous)
 
 
+@pytest.mark.slow
 def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog, group_umask):
     level1 = tmp_path / "level1"
     out = train_main(tiny_args(poses, level1, "--label_level", "1", "--recipe", "report"))
@@ -96,10 +97,12 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog,
     assert config3["label_level"] == "label_82" and config3["init_lineage"][0]["label_level"] == "label_6"
     card = (level3 / "README.md").read_text()
     assert str(level1) in card and "re-initialised" in card and "model-index" in card
+    assert "Optimiser adamw_torch" in card and "OptimizerNames" not in card  # the flag's value, as a user types it
     results3 = read_json(level3 / "test_results.json")
     assert {"test_implied_label_20_accuracy", "test_implied_label_6_accuracy"} <= set(results3)
 
 
+@pytest.mark.slow
 def test_level2_and_all_levels(poses, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # without --output_dir, the run goes to runs/level2
     args = tiny_args(poses, tmp_path / "unused", "--label_level", "2")
@@ -134,6 +137,7 @@ FRESH_PIPELINE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_push_uploads_exactly_the_folder_and_a_failed_push_keeps_it(poses, tmp_path, monkeypatch, caplog):
     commits = []
 
@@ -190,6 +194,7 @@ def run_train(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(poses, tmp_path):
     args = ["--label_level", "1", "--save_total_limit", "3"]
     straight = tmp_path / "straight"
@@ -204,7 +209,14 @@ def test_killed_run_resumes_to_the_same_metrics(poses, tmp_path):
     process.send_signal(signal.SIGKILL)  # no clean-up, as when a notebook's time runs out
     process.wait()
     assert not (killed / "all_results.json").exists()
+    checkpoint = Path(last_complete_checkpoint(str(killed)))
+    saved = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
     train_main(tiny_args(poses, killed, *args, "--resume_from_checkpoint", "latest", epochs=3))
+    # It continued from the checkpoint's step: the checkpoint was read, not written again (a run that ignored it
+    # would redo those steps, save them there, and still end equal to the straight run).
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == saved
+    state = read_json(killed / "trainer_state.json")
+    assert state["global_step"] == read_json(straight / "trainer_state.json")["global_step"]
     for name in ("eval_results.json", "test_results.json"):
         a, b = read_json(straight / name), read_json(killed / name)
         for key in ("eval_accuracy", "eval_loss", "test_accuracy", "test_loss"):
@@ -226,6 +238,7 @@ RANK_REPORT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_through_accelerate_agree(poses, tmp_path):
     script = tmp_path / "train_and_report.py"
     script.write_text(RANK_REPORT.format(project=str(PROJECT)))
@@ -312,6 +325,7 @@ def test_checkpoint_that_cannot_be_used(poses, tmp_path):
         train_main(tiny_args(poses, tmp_path / "o2", "--init_from", str(tmp_path / "other")))
 
 
+@pytest.mark.slow
 def test_string_labels_of_another_data_set_get_class_names(tmp_path):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)) for _ in range(12)]
@@ -325,6 +339,7 @@ def test_string_labels_of_another_data_set_get_class_names(tmp_path):
     assert config["label_level"] is None and config["hierarchy_levels"] == []
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_converted_transformers_vit(poses, tmp_path):
     """The ImageNet route: convert_vit_checkpoint.py's output is a valid --init_from (its normalisation kept)."""
     from transformers import ViTConfig, ViTForImageClassification

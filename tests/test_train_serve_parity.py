@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
 from conftest import load_script
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+from transformers import AutoImageProcessor, pipeline
 
 from vit_yoga.transforms import EvaluationTransform, TrainingTransform
+
+pytestmark = pytest.mark.slow  # the module's fixture trains a model end to end
 
 train_main = load_script("train.py")["main"]
 TINY = "image_size=32,patch_size=8,hidden_size=48,num_hidden_layers=2,num_attention_heads=3,intermediate_size=96"
@@ -55,30 +56,26 @@ def write_images(folder: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path, dict[str, Path]]:
+def trained(tmp_path_factory) -> tuple[Path, Path, dict[str, Path], dict]:
     root = tmp_path_factory.mktemp("parity")
     files = write_images(root / "images")
     out = root / "model"
-    train_main(["--train_dir", str(root / "images"), "--validation_dir", str(root / "images"), "--test_dir",
-                str(root / "images"), "--label_column", "label", "--model_preset", "vit-pico", "--config_overrides",
-                TINY, "--max_steps", "2", "--per_device_train_batch_size", "4", "--output_dir", str(out),
-                "--dataloader_num_workers", "0", "--seed", "3", "--rand_augment_ops", "1"])
-    return root / "images", out, files
+    run = train_main(["--train_dir", str(root / "images"), "--validation_dir", str(root / "images"), "--test_dir",
+                      str(root / "images"), "--label_column", "label", "--model_preset", "vit-pico",
+                      "--config_overrides", TINY, "--max_steps", "2", "--per_device_train_batch_size", "4",
+                      "--output_dir", str(out), "--dataloader_num_workers", "0", "--seed", "3",
+                      "--rand_augment_ops", "1"])
+    return root / "images", out, files, run
 
 
-def evaluation_logits(images: Path, out: Path) -> dict[str, torch.Tensor]:
-    """Logits as train.py's evaluation computes them: the data set's image column (undecoded), EvaluationTransform
-    with the folder's processor, the saved model."""
-    test = datasets.load_dataset("imagefolder", data_files={"test": str(images / "**")})["test"]
-    test = test.cast_column("image", datasets.Image(decode=False))
-    transform = EvaluationTransform(AutoImageProcessor.from_pretrained(out))
-    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
-    logits = {}
-    with torch.no_grad():
-        for row in test:
-            name = "/".join(Path(row["image"]["path"]).parts[-2:])
-            logits[name] = model(pixel_values=transform(row["image"])[None]).logits[0]
-    return logits
+def evaluation_logits(run: dict) -> dict[str, torch.Tensor]:
+    """Logits as train.py's own evaluation computes them: its trainer's predict (as evaluate_split calls it) on its
+    test split, with the transform train.py set on that split; keyed by each row's file."""
+    test = run["datasets"]["test"]
+    prediction = run["trainer"].predict(test)
+    records = test.with_format(None)["image"]  # the rows as stored (train.py reads the image column undecoded)
+    names = ["/".join(Path(record["path"]).parts[-2:]) for record in records]
+    return {name: torch.as_tensor(row) for name, row in zip(names, prediction.predictions, strict=True)}
 
 
 def pipeline_logits(out: Path, files: dict[str, Path]) -> dict[str, torch.Tensor]:
@@ -93,8 +90,8 @@ def pipeline_logits(out: Path, files: dict[str, Path]) -> dict[str, torch.Tensor
 
 
 def test_evaluation_logits_equal_the_pipelines_image_for_image(trained):
-    images, out, files = trained
-    ours, theirs = evaluation_logits(images, out), pipeline_logits(out, files)
+    images, out, files, run = trained
+    ours, theirs = evaluation_logits(run), pipeline_logits(out, files)
     assert set(ours) == set(theirs) == set(files)
     for name in files:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5, msg=name)
@@ -109,7 +106,7 @@ def test_training_decodes_upright_and_differs_from_serving_only_by_draft_mode(tr
     """Training images are loaded upright too (EXIF applied). Their one difference from what serving sees, without
     augmentation, is JPEG draft-mode decoding (JPEGs at least twice the model's size are decoded at a reduced
     scale): at most a few of 255 levels per pixel, as the README states."""
-    images, out, files = trained
+    images, out, files, _ = trained
     processor = AutoImageProcessor.from_pretrained(out)
     train_view = TrainingTransform(32, processor.image_mean, processor.image_std)  # no augmentation
     serve_view = EvaluationTransform(processor)

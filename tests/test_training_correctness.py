@@ -128,6 +128,7 @@ def run_two_processes(tmp_path: Path, args: list[str]) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label_level", ["2", "all"])
 def test_one_step_is_the_exact_mean_gradient_at_any_process_layout(poses, tmp_path, label_level):
     """(a) 1 process, batch 32; (b) 2 processes through accelerate launch (gloo), batch 16 each; (c) 1 process, batch
@@ -165,6 +166,7 @@ def test_one_step_is_the_exact_mean_gradient_at_any_process_layout(poses, tmp_pa
         assert eval_loss == pytest.approx(chance, abs=0.5), name
 
 
+@pytest.mark.slow
 def test_label_smoothing_smooths_every_level_of_the_training_loss_only(poses, tmp_path):
     """--label_smoothing_factor (TrainingArguments' own flag) trains on smoothed targets at every level; the
     evaluation loss stays the plain cross-entropy, comparable across recipes."""
@@ -184,21 +186,38 @@ def test_label_smoothing_smooths_every_level_of_the_training_loss_only(poses, tm
     assert read_json(out / "eval_results.json")["eval_loss"] == pytest.approx(plain, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_train_accuracy_counts_training_batches_only_and_cpu_logs_are_quiet(poses, tmp_path, recwarn):
-    """With the weights frozen (lr 0), every epoch's train_accuracy is the model's accuracy on the train split,
-    computed here; evaluation predictions must not leak into it. No pin_memory warning on a machine without GPU."""
+    """With the weights frozen (lr 0), every epoch's train_accuracy is the model's accuracy on the train rows,
+    computed here; the model scores differently on the evaluation rows, so evaluation batches leaking into the count
+    change it. No pin_memory warning on a machine without GPU."""
     init = init_checkpoint(tmp_path / "init", "3")
+    train_labels = split_batch(poses, "train", N_TRAIN, ["label_82"])[1][:, 0]
+    val_labels = split_batch(poses, "validation", 32, ["label_82"])[1][:, 0]
+    # A head that always answers the train rows' most common pose: accuracy 2/32 there, 0 or 1/32 on validation.
+    favourite = int(torch.mode(train_labels).values)
+    model = load_model(init)
+    with torch.no_grad():
+        model.classifier.bias[favourite] = 100.0
+    model.save_pretrained(init)
     out = tmp_path / "frozen"
     args = deterministic_flags(poses, init, out, "3", "--per_device_train_batch_size", "16", "--learning_rate", "0",
                                "--max_steps", "-1", "--num_train_epochs", "3", "--eval_strategy", "epoch",
                                "--logging_strategy", "epoch")
     train_main(args)
-    pixels, labels = split_batch(poses, "train", N_TRAIN, ["label_82"])
-    with torch.no_grad():
-        accuracy = (load_model(init)(pixel_values=pixels).logits.argmax(-1) == labels[:, 0]).float().mean().item()
+
+    def accuracy(split: str, count: int) -> float:
+        pixels, labels = split_batch(poses, split, count, ["label_82"])
+        with torch.no_grad():
+            return (load_model(init)(pixel_values=pixels).logits.argmax(-1) == labels[:, 0]).float().mean().item()
+
+    on_train, on_validation = accuracy("train", N_TRAIN), accuracy("validation", 32)
+    assert on_train == (train_labels == favourite).float().mean().item() > 0  # the head does what it should
+    assert abs(on_validation - on_train) > 0.02  # so a count that mixes in evaluation rows is off by over 0.01
+    assert on_validation == (val_labels == favourite).float().mean().item()
     history = read_json(out / "trainer_state.json")["log_history"]
     logged = [e["train_accuracy"] for e in history if "train_accuracy" in e]
-    assert len(logged) == 3 and logged == [pytest.approx(accuracy, abs=1e-4)] * 3
+    assert len(logged) == 3 and logged == [pytest.approx(on_train, abs=1e-4)] * 3
     assert not [w for w in recwarn if "pin_memory" in str(w.message)]
 
 
@@ -231,6 +250,7 @@ def test_training_accuracy_counting_never_waits_for_the_device(poses, tmp_path):
     assert torch.float64 not in recorder.dtypes
 
 
+@pytest.mark.slow
 def test_metric_for_best_model_eval_loss_keeps_the_lowest_loss(poses, tmp_path):
     """greater_is_better follows the metric (TrainingArguments infers it): a loss is best when lowest."""
     init = init_checkpoint(tmp_path / "init", "3")
@@ -247,9 +267,12 @@ def test_metric_for_best_model_eval_loss_keeps_the_lowest_loss(poses, tmp_path):
     assert read_json(out / "eval_results.json")["eval_loss"] == pytest.approx(min(losses), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_early_stopping_patience_survives_a_resume(poses, tmp_path):
     """Frozen weights (lr 0): no evaluation improves on the first. Patience 3 over 3 epochs leaves the count at 2;
-    resumed for 10 epochs, the run must stop at epoch 4, not start counting again (epoch 6)."""
+    resumed for 10 epochs, the run must stop at epoch 4, not start counting again (epoch 6). The resumed invocation
+    is given other initial weights (--init_from): a run that ignored the checkpoint would evaluate those, and a
+    fresh seeded run stops at epoch 4 too, so the evaluation at epoch 4 must be the checkpoint's weights'."""
     init = init_checkpoint(tmp_path / "init", "3")
     out = tmp_path / "patient"
     base = deterministic_flags(poses, init, out, "3", "--per_device_train_batch_size", "16", "--learning_rate", "0",
@@ -257,12 +280,29 @@ def test_early_stopping_patience_survives_a_resume(poses, tmp_path):
                                "--load_best_model_at_end", "True", "--early_stopping_patience", "3",
                                "--save_total_limit", "5")
     train_main([*base, "--num_train_epochs", "3"])
-    assert read_json(out / "trainer_state.json")["epoch"] == 3
+    state = read_json(out / "trainer_state.json")
+    assert state["epoch"] == 3
+    first_losses = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e]
+    assert len(first_losses) == 3 and len(set(first_losses)) == 1  # frozen
+    checkpoint = Path(state["best_model_checkpoint"]).parent / f"checkpoint-{state['global_step']}"
+    saved = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
+
+    torch.manual_seed(1)
+    other = ViTYogaForImageClassification(ViTYogaConfig(**TINY, **yoga82.hierarchy(), label_level="label_82"))
+    other.save_pretrained(tmp_path / "other")
+    resume = [*base, "--num_train_epochs", "10", "--resume_from_checkpoint", "latest"]
+    resume[resume.index("--init_from") + 1] = str(tmp_path / "other")
     # The finished run's folder is its own: resuming it from its last checkpoint is allowed.
-    train_main([*base, "--num_train_epochs", "10", "--resume_from_checkpoint", "latest"])
-    assert read_json(out / "trainer_state.json")["epoch"] == 4
+    train_main(resume)
+    state = read_json(out / "trainer_state.json")
+    assert state["epoch"] == 4
+    evaluations = [(e["epoch"], e["eval_loss"]) for e in state["log_history"] if "eval_loss" in e]
+    assert evaluations == [(epoch, pytest.approx(first_losses[0], rel=1e-6)) for epoch in (1, 2, 3, 4)]
+    # The checkpoint it continued from was read, not written again: the steps before it were not redone.
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == saved
 
 
+@pytest.mark.slow
 def test_flags_win_over_the_defaults_in_any_spelling(tmp_path, monkeypatch):
     """The synthetic poses' CPU-sized defaults never override a flag: --config_overrides, hyphenated and abbreviated
     flags, a JSON file of flags; and --init_from accepts the same overrides, refuses architecture changes, applies
@@ -297,6 +337,7 @@ def test_flags_win_over_the_defaults_in_any_spelling(tmp_path, monkeypatch):
         train_main([*fine, "--config_overrides", "drop_path_rate=1.5", "--output_dir", str(tmp_path / "bad")])
 
 
+@pytest.mark.slow
 def test_an_output_folder_holds_one_run(poses, tmp_path):
     """A folder of another run is refused, or with --overwrite_output_dir replaced: the final folder holds only the
     new run's files."""
