@@ -66,10 +66,8 @@ class ViTYogaConvStem(nn.Module):
     transformers see better"): log2(patch_size) 3x3 stride-2 convolutions, each normalised and followed by a ReLU,
     widening to ``hidden_size``, then a 1x1 projection; the same token grid as the patch embedding.
 
-    It gives the model local contrast features from its first step, which a ViT trained from scratch on little data
-    otherwise spends thousands of steps building (see the README's recipes). Where Xiao et al. use BatchNorm, this
-    stem normalises each image on its own (instance normalisation): a batch's gradient then does not depend on how
-    the batch is split across processes, and it learned faster in our measurements (README).
+    Each convolution is instance-normalised where Xiao et al. use BatchNorm. Why a stem, why that normalisation,
+    and what each choice measured: the README's "Recipes" section, the one place that reasoning is kept.
     """
 
     def __init__(self, config: ViTYogaConfig) -> None:
@@ -340,7 +338,10 @@ class ViTYogaPreTrainedModel(PreTrainedModel):
         config.auto_map = auto_map
 
     def _init_weights(self, module: nn.Module) -> None:
-        """timm's ViT init: truncated normal for weights and position embeddings, zeros for biases."""
+        """transformers' ViT init (``ViTPreTrainedModel._init_weights``): truncated normal (std
+        ``initializer_range``) for linear and convolution weights, the position embeddings and the class token; zero
+        biases; LayerNorm (and the stem's norms) at weight 1, bias 0. Not timm's, whose class token starts at std 1e-6
+        and whose patch projection keeps PyTorch's default init; ported weights keep their source's values."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, mean=0.0, std=std)

@@ -75,6 +75,7 @@ def test_training_transform_flags():
     assert (erased != plain).any()
 
 
+@pytest.mark.slow
 def test_training_with_every_regulariser_on(poses, tmp_path):
     out = tmp_path / "regularised"
     train_main(["--dataset_name", str(poses), "--label_level", "all", "--output_dir", str(out), "--model_preset",

@@ -15,6 +15,7 @@ import gpu  # noqa: E402
 TINY = ["--preset", "vit-pico", "--batch-size", "2", "--rounds", "1", "--steps", "1", "--warmup", "1"]
 
 
+@pytest.mark.slow
 def test_bench_model_times_all_three_and_writes_the_ratios(tmp_path, capsys):
     out = tmp_path / "model.json"
     assert bench_model.main([*TINY, "--memory", "none", "--json", str(out)]) == 0
@@ -31,6 +32,7 @@ def test_bench_model_times_all_three_and_writes_the_ratios(tmp_path, capsys):
     assert "ours/theirs train_vs_timm" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_model_measures_peak_memory_in_a_fresh_process(tmp_path):
     out = tmp_path / "memory.json"
     argv = [*TINY, "--modes", "infer", "--implementations", "vit-yoga", "--memory", "peak", "--json", str(out)]
@@ -39,6 +41,7 @@ def test_bench_model_measures_peak_memory_in_a_fresh_process(tmp_path):
     assert memory["peak_bytes"] > memory["parameter_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_memory_worker_reports_activations():
     args = bench_model.parse_args([*TINY, "--memory-worker", "vit-yoga", "--grad-ckpt"])
     numbers = bench_model.memory_worker(args)
@@ -59,6 +62,7 @@ def test_gpu_benchmark_refuses_cleanly_without_cuda(capsys):
     assert "--device cpu --tiny" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_dry_run_on_cpu(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OUT", str(tmp_path))
     assert gpu.main(["--device", "cpu", "--tiny", "--no-compile"]) == 0
@@ -71,6 +75,7 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path, monkeypatch, capsys):
     assert "TFLOP/s" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_data_times_the_pipelines_and_the_dataloader(tmp_path):
     pytest.importorskip("datasets")  # train.py needs it; the GPU machine has no datasets and runs gpu.py only
     import bench_data
@@ -87,6 +92,7 @@ def test_bench_data_times_the_pipelines_and_the_dataloader(tmp_path):
     assert len(list((tmp_path / "images" / "web").glob("*.jpg"))) == 3
 
 
+@pytest.mark.slow
 def test_bench_learning_smoke_runs_the_reference_and_train_py_on_digits(tmp_path, capsys):
     pytest.importorskip("sklearn")
     import bench_learning

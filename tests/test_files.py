@@ -196,6 +196,7 @@ KILLED_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_atomic_write_killed_at_every_step_leaves_the_old_or_the_new_file(tmp_path):
     target = tmp_path / "failures.csv"
     atomic_write(target, "old" * 1000)
@@ -214,6 +215,7 @@ def test_atomic_write_killed_at_every_step_leaves_the_old_or_the_new_file(tmp_pa
     assert kills >= 2 and target.read_text() == "new" * 1000  # killed before creating and before renaming
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["renameat2", "two-renames"])
 def test_staged_folder_killed_at_every_step_leaves_the_old_or_the_new_folder(tmp_path, how):
     output = tmp_path / "out"
@@ -244,6 +246,7 @@ def test_staged_folder_killed_at_every_step_leaves_the_old_or_the_new_folder(tmp
     assert kills >= 6 and snapshot(output) == new  # every step was a kill point until one run got through
 
 
+@pytest.mark.slow
 def test_exclusive_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path):
     lock = tmp_path / ".job.lock"
     with exclusive_lock(lock, what="A job in here"):

@@ -49,6 +49,7 @@ def test_the_files_a_checkpoint_ships_import_torch_and_transformers_only(name):
     assert ours <= {Path(n).stem for n in SHIPPED}, ours
 
 
+@pytest.mark.slow
 def test_the_data_set_package_runs_without_the_training_library():
     code = ("import sys, yoga82, yoga82.download, yoga82.prepare, yoga82.export, yoga82.synthetic, yoga82.__main__\n"
             "assert 'vit_yoga' not in sys.modules, sorted(m for m in sys.modules if m.startswith('vit_yoga'))\n")

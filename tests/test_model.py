@@ -338,6 +338,7 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_class", [ViTYogaForImageClassification, ViTYogaForHierarchicalClassification])
 def test_checkpoint_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, model_class):
     """Also, with the flat classifier (sharing the process start): a converted ImageNet-21k-style backbone (no

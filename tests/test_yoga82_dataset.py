@@ -370,6 +370,7 @@ def test_prepare_keeps_its_temporaries_beside_the_output_not_in_tmpdir(tmp_path,
     assert sorted(p.name for p in outputs.iterdir()) == ["yoga82"] and list(tmpdir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_prepare_killed_at_random_moments_leaves_the_previous_output_or_the_new_one(tmp_path):
     release, images = write_small_release(tmp_path / "inputs", per_pose=12, size=(96, 64))
     outputs = tmp_path / "outputs"

@@ -407,6 +407,7 @@ def test_bytes_in_flight_stay_within_the_budget(tmp_path):
         server.close()
 
 
+@pytest.mark.slow
 def test_second_download_is_refused_and_ctrl_c_stops_one_at_once(server, tmp_path, capsys):
     rows = [(f"{POSE}/drip{i}.jpg", f"{server.url}/drip/{i}") for i in range(3)]
     rows += [(f"{OTHER}/{name}.jpg", f"{server.url}/good/{name}") for name in GOOD]
@@ -443,6 +444,7 @@ def test_second_download_is_refused_and_ctrl_c_stops_one_at_once(server, tmp_pat
     assert (report.fetched, report.already_there, report.failures) == (3, len(GOOD), [])
 
 
+@pytest.mark.slow
 def test_download_killed_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_path):
     """SIGKILL lands mid-request and mid-body (bodies arrive in two halves; a kill inside a write is test_files'
     job); whatever it interrupts, every file under its final name is a complete image, the lock dies with the

@@ -49,7 +49,7 @@ class ModelArguments:
     patch_embedding_type: str | None = field(
         default=None,
         metadata={"help": "'standard' (the ViT's patch projection; ports to and from transformers and timm) or "
-                          "'conv_stem' (3x3 convolutions, Xiao et al. 2021: learns far faster from little data). "
+                          "'conv_stem' (3x3 convolutions, Xiao et al. 2021; why: the README's Recipes). "
                           "Default: the recipe's for a new model, the checkpoint's with --init_from.",
                   "choices": list(PATCH_EMBEDDING_TYPES)},
     )

@@ -63,6 +63,7 @@ def write_model_card(
                  label_smoothing_factor=training_args.label_smoothing_factor)
     params = sum(p.numel() for p in model.parameters())
     plots_md = "\n".join(f"![{p}]({p})" for p in plots)
+    optimizer = getattr(training_args.optim, "value", training_args.optim)  # the flag's value, not the enum's name
     patience = training_args.early_stopping_patience
     stopping = f", early stopping patience {patience}" if patience and training_args.load_best_model_at_end else ""
     content = f"""---
@@ -100,7 +101,7 @@ classify("pose.jpg", top_k=5)
 
 ## Training
 
-Hyper-parameters: `{json.dumps(hyper, default=str)}`. Optimiser {training_args.optim}; augmentation:
+Hyper-parameters: `{json.dumps(hyper, default=str)}`. Optimiser {optimizer}; augmentation:
 {augmentation_summary(data_args, config.image_size)}; best checkpoint by validation
 {training_args.metric_for_best_model}{stopping}.
 

@@ -27,10 +27,9 @@ RUN_DEFAULTS: dict[str, Any] = dict(
     restore_callback_states_from_checkpoint=True,
 )
 
-# The default: a ViT that learns from little data (measured in the README's recipes, on the synthetic poses and
-# scikit-learn's digits). Its one big lever is the convolutional stem, which gives the model local contrast
-# features from its first step; light augmentation (crops, flips) rather than RandAugment, which costs accuracy on
-# short schedules; cosine decay after a 10% warm-up.
+# The default: a ViT that learns from little data, with the convolutional stem (why, and what each choice measured
+# on the synthetic poses and scikit-learn's digits: the README's "Recipes"); light augmentation (crops, flips) rather
+# than RandAugment, which costs accuracy on short schedules; cosine decay after a 10% warm-up.
 SMALL_DATA_RECIPE: dict[str, Any] = dict(
     model_preset="vit-ti16",
     patch_embedding_type="conv_stem",

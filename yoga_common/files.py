@@ -9,13 +9,14 @@ One implementation, used by every tool of the project that writes to disk:
   previous complete folder survives a kill at any moment.
 - ``temporary_folder_beside``: scratch space next to a path (on its disk), not in ``$TMPDIR``, which is often RAM.
 - ``exclusive_lock``: one process at a time per lock file; the OS releases it when its holder dies, so a crashed run
-  never leaves it stuck.
+  never leaves it stuck. ``shared_lock``: readers of what that one process writes, together, never with it.
+- ``give_umask_permissions``: the umask's permissions for files a library wrote as 0600 (safetensors).
 - ``how_folders_overlap``: whether writing one folder could touch another.
 
 Temporary names are ``.<final name>.<8 hex digits>.part``: hidden, never taken for output, and recognisable, so that
 cleaning up removes only what this module created. Temporary folders are held locked (``flock``) while in use; one
 found unlocked belongs to a dead process and is removed by the next ``staged_folder`` or ``temporary_folder_beside``
-beside the same path. Standard library only: the data tools, the converter and the training script all use it.
+beside the same path (a folder takes its ``.part`` name only once locked, see ``_new_locked_folder``). Standard library only: the data tools, the converter and the training script all use it.
 """
 
 from __future__ import annotations
