@@ -73,7 +73,8 @@ Examples:
     ... )
     >>> print(results)
     {'accuracy': 0.3333333333333333, 'top2_accuracy': 0.3333333333333333, 'per_class_accuracy': {'1': 0.5, '2': 0.0}, \
-'per_class_count': {'1': 2, '2': 1}, 'num_examples': 3, 'implied_coarse_accuracy': 1.0}
+'per_class_count': {'1': 2, '2': 1}, 'num_examples': 3, 'num_mistakes': 2, 'mistake_severity': 1.0, \
+'top2_average_distance': 1.3333333333333333, 'implied_coarse_accuracy': 1.0}
 """
 
 _CITATION = """
@@ -224,12 +225,6 @@ class HierarchicalAccuracy(evaluate.Metric):
 
         if parents:
             levels = self._check_hierarchy(parents, hierarchy_levels, num_classes)
-            coarse_predicted, coarse_references = predicted, references
-            # Walk up from the evaluated level: parents[i] maps level i+1 to level i.
-            for depth in range(len(parents) - 1, -1, -1):
-                coarse_predicted = parents[depth][coarse_predicted]
-                coarse_references = parents[depth][coarse_references]
-                results[f"implied_{levels[depth]}_accuracy"] = float((coarse_predicted == coarse_references).mean())
             distance = tree_distance(predicted, references, parents)
             results["num_mistakes"] = int((~correct).sum())
             if results["num_mistakes"]:
@@ -245,6 +240,12 @@ class HierarchicalAccuracy(evaluate.Metric):
                         results[f"top{k}_average_distance"] = float(distances.mean())
             if coarser_predictions is not None:
                 results["path_consistency"] = self._path_consistency(predicted, coarser_predictions, parents)
+            coarse_predicted, coarse_references = predicted, references
+            # Walk up from the evaluated level: parents[i] maps level i+1 to level i.
+            for depth in range(len(parents) - 1, -1, -1):
+                coarse_predicted = parents[depth][coarse_predicted]
+                coarse_references = parents[depth][coarse_references]
+                results[f"implied_{levels[depth]}_accuracy"] = float((coarse_predicted == coarse_references).mean())
         elif coarser_predictions is not None:
             raise ValueError("coarser_predictions needs hierarchy_parents: the tree the paths must follow.")
         return results
