@@ -119,15 +119,20 @@ def test_string_labels_in_validation_that_train_lacks_are_refused_before_any_wor
 @pytest.mark.slow
 def test_a_subset_trains_at_every_level_with_every_class(subset, tmp_path):
     train_main = load_script("train.py")["main"]
-    for level, sizes in (("1", [6]), ("2", [20]), ("3", [82]), ("all", [6, 20, 82])):
+    for level, sizes in (("1", [6]), ("2", [6, 20]), ("3", [6, 20, 82]), ("all", [6, 20, 82])):
         output = tmp_path / f"level-{level}"
         train_main(tiny_args(subset, output, "--label_level", level))
         config = json.loads((output / "config.json").read_text())
         assert config["hierarchy_class_names"] == yoga82.hierarchy()["hierarchy_class_names"]
         assert config["hierarchy_parents"] == yoga82.hierarchy()["hierarchy_parents"]
-        assert config["num_labels"] == sizes[-1]
+        assert len(config["id2label"]) == sizes[-1]
         results = json.loads((output / "test_results.json").read_text())
         assert results["test_samples"] == 7
+        tree = results["test_hierarchy"]
+        assert tree["levels"] == list(yoga82.LEVELS[: len(sizes) if level != "all" else 3])
+        if len(tree["levels"]) > 1:  # the decided paths are paths of the tree, by construction
+            assert tree["decodings"]["path"]["path_consistency"] == 1.0
+            assert tree["decodings"]["risk"]["path_consistency"] == 1.0
 
 
 @pytest.mark.slow

@@ -226,3 +226,44 @@ def test_path_consistency_needs_one_list_per_coarser_level(in_memory_metric):
                                  coarser_predictions=[[0]])
     with pytest.raises(ValueError, match="coarser_predictions needs hierarchy_parents"):
         in_memory_metric.compute(predictions=[0], references=[0], coarser_predictions=[[0]])
+
+
+def test_tree_results_of_hand_made_joint_heads(in_memory_metric):
+    """Two coarse classes A {a1, a2} and B {b1}; three images whose heads disagree in two of them."""
+    from configuration_vit_yoga import ViTYogaConfig
+    from vit_yoga.evaluation import marginalise, tree_results
+
+    tree = {"hierarchy_levels": ["coarse", "fine"], "hierarchy_class_names": [["A", "B"], ["a1", "a2", "b1"]],
+            "hierarchy_parents": [[0, 0, 1]]}
+    joint = ViTYogaConfig(**tree, hierarchy_combination="product")
+    coarse = np.array([[5, 0], [0, 5], [5, 0]], dtype=np.float32)  # A, B, A
+    fine = np.array([[0, 3, 0], [3, 0, 0], [0, 0, 3]], dtype=np.float32)  # a2, a1 (under A), b1 (under B)
+    references = np.array([[0, 1], [1, 2], [1, 2]])  # a2, b1, b1
+    results = tree_results(joint, (coarse, fine), references, in_memory_metric)
+    assert results["levels"] == ["coarse", "fine"]
+    heads = results["decodings"]["heads"]
+    assert heads["levels"]["coarse"]["accuracy"] == pytest.approx(2 / 3)
+    assert heads["levels"]["fine"]["accuracy"] == pytest.approx(2 / 3)
+    assert heads["path_consistency"] == pytest.approx(1 / 3)  # rows 1 and 2: a pose under another body position
+    assert heads["mistake_severity"] == 2.0  # a1 for b1: another coarse class
+    # Marginalised from the fine head: coarse = A, A, B; each the parent of the fine answer.
+    marginalised = results["decodings"]["marginalised"]
+    assert marginalised["levels"]["coarse"]["accuracy"] == pytest.approx(2 / 3)
+    assert marginalised["path_consistency"] == 1.0
+    # The product of the heads: row 1 gives b1 (B's 5 outweighs a1's 3), row 2 gives a1 (A's 5 outweighs b1's 3;
+    # a1 and a2 tie, the lower id wins): one mistake, at distance 2.
+    for decoding in ("combined", "path"):
+        assert results["decodings"][decoding]["levels"]["fine"]["accuracy"] == pytest.approx(2 / 3)
+        assert results["decodings"][decoding]["mistake_severity"] == 2.0
+    assert results["decodings"]["path"]["path_consistency"] == 1.0
+    assert results["decodings"]["risk"]["path_consistency"] == 1.0
+    json.dumps(results)
+
+    # A one-head model: the model's tree_probabilities and the evaluation's own marginalisation agree.
+    one_head = ViTYogaConfig(**tree, label_level="fine")
+    single = tree_results(one_head, fine, references[:, 1], in_memory_metric)
+    assert "coarse" not in single["decodings"]["heads"]["levels"]
+    assert single["decodings"]["marginalised"] == single["decodings"]["combined"]
+    probabilities = np.exp(fine) / np.exp(fine).sum(1, keepdims=True)
+    np.testing.assert_allclose(marginalise(probabilities, [[0, 0, 1]])[0],
+                               [[probabilities[i, :2].sum(), probabilities[i, 2]] for i in range(3)])
