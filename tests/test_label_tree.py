@@ -133,6 +133,8 @@ def test_a_subset_trains_at_every_level_with_every_class(subset, tmp_path):
         if len(tree["levels"]) > 1:  # the decided paths are paths of the tree, by construction
             assert tree["decodings"]["path"]["path_consistency"] == 1.0
             assert tree["decodings"]["risk"]["path_consistency"] == 1.0
+            card = (output / "README.md").read_text()
+            assert "### Along the label tree" in card and "| path | " in card and "| risk | " in card
 
 
 @pytest.mark.slow
