@@ -20,6 +20,16 @@ image-classification pipeline prepares them), then, from the same logits:
 The rule with the best finest-level top-1 on validation (then the lowest log-loss) is the one to make the default
 (``ViTYogaConfig.hierarchy_combination``). Each measurement is a function returning rows, so rows can be added (the
 real photos, a level-3 model) without touching the others.
+
+``same-budget`` trains the two models to compare, with the same flags, then measures both (``same_budget_rows``):
+
+    python benchmarks/bench_hierarchy.py same-budget --dataset_name synthetic --work_dir runs/same-budget-synthetic
+    python benchmarks/bench_hierarchy.py same-budget --dataset_name data/real-photos --work_dir runs/same-budget-real \
+        -- --model_preset vit-pico --per_device_train_batch_size 32 --num_train_epochs 40
+
+a joint model (``--label_level all``) and a level-3 model, each trained by train.py with the flags after ``--``
+(none: the out-of-the-box run), then every measurement above on each, and the targets: the combined joint model's
+level-3 top-1 at least its finest head's and at least the level-3 model's; its decided paths 100 % consistent.
 """
 
 from __future__ import annotations
@@ -235,5 +245,99 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ same budget (issue 15)
+def train_run(flags: list[str], output_dir: Path) -> dict[str, Any]:
+    """train.py in a subprocess, as a user runs it; its train results (train_runtime...)."""
+    import os
+    import subprocess
+    import time
+
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(PROJECT / "train.py"), *flags, "--output_dir", str(output_dir),
+                             "--overwrite_output_dir"], capture_output=True, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1"))
+    if result.returncode != 0:
+        raise SystemExit(f"train.py {' '.join(flags)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    train = json.loads((output_dir / "train_results.json").read_text())
+    return dict(train, wall_s=time.perf_counter() - started)
+
+
+def same_budget_rows(joint: tuple[ViTYogaConfig, tuple[torch.Tensor, ...], torch.Tensor],
+                     level3: tuple[ViTYogaConfig, tuple[torch.Tensor, ...], torch.Tensor]) -> list[Row]:
+    """The targets, from the two models' predictions on the same images: the finest level's top-1 of the joint
+    model's finest head, of its heads combined (its config's rule; the decided path's finest node is the combined
+    argmax), and of the level-3 model; the combined paths' consistency and the mistake severity of each."""
+    rows = []
+    for name, (config, logits, labels) in (("joint", joint), ("level 3", level3)):
+        finest = predicted_levels(config)[-1]
+        labels = level_labels(config, labels)
+        candidates = [("finest head", logits[-1])]
+        if len(logits) > 1:
+            candidates.append((f"combined ({config.hierarchy_combination})", logits))
+        for how, scores in candidates:
+            probabilities = tree_probabilities(config, scores)  # one tensor: that head's softmax, marginalised
+            path, _ = most_probable_path(config, probabilities)
+            distance = tree_distance(config, path[:, -1], labels[:, -1])
+            wrong = distance > 0
+            rows.append({
+                "model": name, "read": how,
+                f"{finest} top-1": (~wrong).float().mean().item(),
+                **{f"path {level} top-1": (path[:, d] == labels[:, d]).float().mean().item()
+                   for d, level in enumerate(predicted_levels(config))},
+                "path consistency": is_path(config, path).float().mean().item(),
+                "severity": distance[wrong].float().mean().item() if wrong.any() else 0.0,
+            })
+    return rows
+
+
+def same_budget_targets(rows: list[Row], finest: str = "label_82") -> dict[str, bool]:
+    """Whether the combined joint model meets the issue's targets."""
+    combined = next(r for r in rows if r["model"] == "joint" and r["read"].startswith("combined"))
+    head = next(r for r in rows if r["model"] == "joint" and r["read"] == "finest head")
+    level3 = next(r for r in rows if r["model"] == "level 3")
+    return {
+        "combined paths 100% consistent": combined["path consistency"] == 1.0,
+        "combined >= its finest head": combined[f"{finest} top-1"] >= head[f"{finest} top-1"],
+        "combined >= a level-3 model of the same budget": combined[f"{finest} top-1"] >= level3[f"{finest} top-1"],
+    }
+
+
+def same_budget_main(argv: list[str]) -> int:
+    flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description="Train a joint and a level-3 model with the same flags; compare.")
+    parser.add_argument("--dataset_name", default="synthetic")
+    parser.add_argument("--work_dir", type=Path, required=True, help="the two runs go here")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--skip_training", action="store_true", help="measure the runs already in --work_dir")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    data = [] if args.dataset_name == "synthetic" else ["--dataset_name", args.dataset_name]
+    runs = {"joint": args.work_dir / "joint", "level 3": args.work_dir / "level3"}
+    trained = {}
+    for (name, folder), level in zip(runs.items(), ("all", "3"), strict=True):
+        if not args.skip_training:
+            trained[name] = train_run([*data, "--label_level", level, *flags], folder)
+            print(f"{name}: trained in {trained[name]['train_runtime']:.0f} s", file=sys.stderr, flush=True)
+    dataset = load_splits(args.dataset_name, [args.split])[args.split]
+    predictions = {name: predict(folder, dataset) for name, folder in runs.items()}
+    report: dict[str, Any] = {"dataset": args.dataset_name, "split": args.split, "flags": flags,
+                              "images": len(predictions["joint"][2]), "trained": trained, "results": {}}
+    for name, (config, logits, labels) in predictions.items():
+        rows = [row for measure in MEASUREMENTS for row in measure(config, logits, labels)]
+        print_table(f"{name}: {runs[name]}, {args.split} ({len(labels)} images)", rows)
+        report["results"][name] = rows
+    rows = same_budget_rows(predictions["joint"], predictions["level 3"])
+    print_table(f"same budget ({' '.join(flags) or 'out of the box'}), {args.split}", rows)
+    report["same_budget"], report["targets"] = rows, same_budget_targets(rows)
+    print("\n" + "\n".join(f"- {k}: {'yes' if v else 'NO'}" for k, v in report["targets"].items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["same-budget"]:
+        sys.exit(same_budget_main(sys.argv[2:]))
     sys.exit(main())
