@@ -4,8 +4,9 @@
     python benchmarks/bench_learning.py --tasks digits        # scikit-learn's digits only (a few minutes)
     python benchmarks/bench_learning.py --tasks synthetic --synthetic_epochs 10   # a smaller budget
     python benchmarks/bench_learning.py --smoke               # a few steps of each row: checks the script runs
+    python benchmarks/bench_learning.py --tasks real-photos --real_photos data/real-photos   # the real photos
 
-Two tasks, one table:
+Three tasks, one table:
 
 - ``digits``: scikit-learn's 1,797 handwritten digits (8x8 grey, upscaled to 32 px RGB PNGs, one subfolder per
   class, a fixed stratified 80/20 split), the small real data set a new user would try. A plain 30-line loop on
@@ -16,6 +17,12 @@ Two tasks, one table:
 - ``synthetic``: the built-in synthetic poses at their default size (40 images per pose, 64 px): ``train.py
   --label_level 3`` out of the box; level 1 then level 3 fine-tuned from it, at the same total budget; and the
   joint three-head model (``--label_level all``), read at level 3.
+- ``real-photos``: the 415 real web photos of 7 Yoga-82 poses in ``../shared/real-photos`` (prepared with ``python -m
+  yoga82 prepare``, or given with ``--real_photos``), at level 3, scored on their test split (103 photos): the plain
+  loop on transformers' ViT of vit-pico's size at 64 px (82 outputs, the data set's classes), against ``train.py
+  --model_preset vit-pico`` with each recipe (the default ``small-data``, ``report``, ``deit``) at the same batch size
+  and number of epochs (``REAL_PHOTOS_SCHEDULE``); and level 1 then level 3 fine-tuned from it at the same total
+  budget, against level 3 from scratch (the default row).
 
 Every ``train.py`` row runs the script as a user does (a subprocess) and reads its ``*_results.json``; wall times
 are the training's (``train_runtime``), whole runs' in brackets. The machine and the library versions head the table.
@@ -43,6 +50,10 @@ PROJECT = Path(__file__).resolve().parent.parent
 TRAIN = PROJECT / "train.py"
 DIGITS_MODEL = "image_size=32,patch_size=4"  # vit-pico's 4 x 96, 3 heads, MLP 384, at 32 px with patch 4
 DIGITS_SCHEDULE = ["--num_train_epochs", "30", "--learning_rate", "1e-3", "--per_device_train_batch_size", "64"]
+# 249 training photos: batches of 32 give 8 steps an epoch (the recipes' 256 would give one).
+REAL_PHOTOS_EPOCHS = 40
+REAL_PHOTOS_SCHEDULE = ["--model_preset", "vit-pico", "--per_device_train_batch_size", "32"]
+REAL_PHOTOS_RELEASE = PROJECT.parent / "shared" / "real-photos"
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -78,17 +89,24 @@ def load_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------------- the rows
 def reference_loop(digits: Path, epochs: int, seed: int = 0) -> dict[str, Any]:
     """The plain loop: transformers' ViT, AdamW lr 1e-3, batch 64, no augmentation, no schedule."""
+    return plain_loop(load_folder(digits / "train"), load_folder(digits / "validation"), dict(
+        image_size=32, patch_size=4, hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=384,
+        num_labels=10), epochs, batch_size=64, seed=seed)
+
+
+def plain_loop(train: tuple[torch.Tensor, torch.Tensor], evaluation: tuple[torch.Tensor, torch.Tensor],
+               vit_config: dict[str, Any], epochs: int, batch_size: int, seed: int = 0) -> dict[str, Any]:
+    """transformers' ViTForImageClassification in a 10-line loop: AdamW lr 1e-3, no augmentation, no schedule."""
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    (xt, yt), (xv, yv) = load_folder(digits / "train"), load_folder(digits / "validation")
-    model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=4, hidden_size=96, num_hidden_layers=4,
-                                                num_attention_heads=3, intermediate_size=384, num_labels=10))
+    (xt, yt), (xv, yv) = train, evaluation
+    model = ViTForImageClassification(ViTConfig(**vit_config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     started = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        for batch in torch.randperm(len(xt)).split(64):
+        for batch in torch.randperm(len(xt)).split(batch_size):
             loss = model(pixel_values=xt[batch], labels=yt[batch]).loss
             optimizer.zero_grad()
             loss.backward()
@@ -169,6 +187,65 @@ def synthetic_rows(work: Path, env: dict[str, str], smoke: bool, epochs: float |
     return rows
 
 
+def real_photos_folder(work: Path, given: Path | None) -> Path:
+    """The prepared real photos: ``given``, or ``python -m yoga82 prepare`` of ../shared/real-photos into ``work``."""
+    if given is not None:
+        return given
+    folder = work / "real-photos"
+    if not (folder / "README.md").is_file():
+        sys.path.insert(0, str(PROJECT))
+        from yoga82 import prepare
+
+        prepare(REAL_PHOTOS_RELEASE, REAL_PHOTOS_RELEASE / "images", folder)
+    return folder
+
+
+def load_photos(folder: Path, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prepared split's photos as the checkpoints' processor prepares them (transformers' ViTImageProcessor:
+    resized to a square, scaled to [-1, 1]) and their pose ids."""
+    import datasets
+    from transformers import ViTImageProcessor
+
+    dataset = datasets.load_dataset(str(folder), split=split)
+    processor = ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                                  image_std=[0.5] * 3)
+    pixels = processor(images=[image.convert("RGB") for image in dataset["image"]], return_tensors="pt")
+    return pixels["pixel_values"], torch.tensor(dataset["label_82"])
+
+
+def real_photos_rows(work: Path, env: dict[str, str], smoke: bool, recipes: list[str],
+                     folder: Path | None, epochs: int | None = None) -> list[dict[str, Any]]:
+    """The recipes against the plain loop, and level 1 -> 3 against scratch, on the real photos (test split), each
+    for ``epochs`` (default REAL_PHOTOS_EPOCHS)."""
+    folder = real_photos_folder(work, folder)
+    epochs = 1 if smoke else (epochs or REAL_PHOTOS_EPOCHS)
+    schedule = [*REAL_PHOTOS_SCHEDULE, *(["--max_steps", "3"] if smoke else ["--num_train_epochs", str(epochs)])]
+    half = [*REAL_PHOTOS_SCHEDULE, *(["--max_steps", "3"] if smoke else ["--num_train_epochs", str(epochs / 2)])]
+    data = ["--dataset_name", str(folder), "--label_level", "3"]
+    runs = work / "runs"
+    rows = []
+    reference = plain_loop(load_photos(folder, "train", 64), load_photos(folder, "test", 64), dict(
+        image_size=64, patch_size=8, hidden_size=96, num_hidden_layers=4, num_attention_heads=3,
+        intermediate_size=384, num_labels=82), epochs, batch_size=32)
+    announce(rows, dict(task="real photos", run="plain loop, transformers ViT (no augmentation)", **reference))
+
+    def row(out: dict[str, Any], name: str, *earlier: dict[str, Any]) -> dict[str, Any]:
+        return dict(task="real photos", run=name, accuracy=out["test"]["test_accuracy"],
+                    top5=out["test"]["test_top5_accuracy"],
+                    train_s=sum(o["train"]["train_runtime"] for o in (*earlier, out)),
+                    wall_s=sum(o["wall_s"] for o in (*earlier, out)))
+
+    for name, extra in [("train.py, defaults (small-data recipe)", [])] + [
+            (f"train.py --recipe {recipe}", ["--recipe", recipe]) for recipe in recipes]:
+        out = run_train([*data, *schedule, *extra], runs / f"real-{len(rows)}", env)
+        announce(rows, row(out, name))
+    first = run_train(["--dataset_name", str(folder), "--label_level", "1", *half], runs / "real-level1", env)
+    then = run_train([*data, *half, "--init_from", str(runs / "real-level1")], runs / "real-level1to3", env)
+    announce(rows, row(then, f"train.py, level 1 ({epochs / 2:g} epochs), then level 3 from it ({epochs / 2:g})",
+                       first))
+    return rows
+
+
 def read_default_epochs() -> float:
     """The out-of-the-box epochs, from the one place defaults live."""
     sys.path.insert(0, str(PROJECT))
@@ -204,8 +281,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", choices=["digits", "synthetic"], default=["digits", "synthetic"])
-    parser.add_argument("--recipes", nargs="*", default=["report", "deit"], help="train.py --recipe rows on digits")
+    parser.add_argument("--tasks", nargs="+", choices=["digits", "synthetic", "real-photos"],
+                        default=["digits", "synthetic"] + (["real-photos"] if REAL_PHOTOS_RELEASE.is_dir() else []))
+    parser.add_argument("--recipes", nargs="*", default=["report", "deit"],
+                        help="train.py --recipe rows on digits and the real photos")
+    parser.add_argument("--real_photos", type=Path, default=None,
+                        help="the prepared real photos (default: prepare ../shared/real-photos into the work folder)")
+    parser.add_argument("--real_photos_epochs", type=int, default=None,
+                        help=f"the real-photo rows' budget in epochs (default: {REAL_PHOTOS_EPOCHS})")
     parser.add_argument("--synthetic_epochs", type=float, default=None,
                         help="the synthetic rows' budget in epochs (default: train.py's out-of-the-box number)")
     parser.add_argument("--smoke", action="store_true", help="a few steps per row: checks the script, not learning")
@@ -219,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs: dict[str, Callable[[], list[dict[str, Any]]]] = {
             "digits": lambda: digits_rows(work, env, args.smoke, args.recipes),
             "synthetic": lambda: synthetic_rows(work, env, args.smoke, args.synthetic_epochs),
+            "real-photos": lambda: real_photos_rows(work, env, args.smoke, args.recipes, args.real_photos,
+                                                    args.real_photos_epochs),
         }
         rows = [row for task in args.tasks for row in jobs[task]()]
     report = {"machine": machine(), "rows": rows}

@@ -170,3 +170,100 @@ def test_clear_errors(in_memory_metric, kwargs, message):
         in_memory_metric.compute(**kwargs)
     # The instance stays usable after the error, with none of the failed call's data.
     assert in_memory_metric.compute(predictions=[[0.2, 0.8]], references=[1])["num_examples"] == 1
+
+
+# The tree of PARENT_OF_MIDDLE / PARENT_OF_FINE, by hand:
+#   coarse 0: middle 0 {fine 0}, middle 1 {fine 1, 2};  coarse 1: middle 2 {fine 3};  coarse 2: middle 3 {fine 4, 5}
+# Tree distances (height of the lowest common ancestor, a root above the coarse level): d(1, 2) = 1 (siblings),
+# d(0, 1) = 2 (same coarse class), d(0, 3) = d(3, 4) = d(5, 0) = 3 (different coarse classes), d(c, c) = 0.
+def test_mistake_severity_and_top_k_distance_of_a_hand_made_set(metric):
+    scores = one_hot_scores([[2, 1], [1, 0], [3, 5], [4, 5], [2, 1]], 6)  # top-1: 2, 1, 3, 4, 2
+    references = [1, 0, 0, 4, 2]
+    results = metric.compute(
+        predictions=scores, references=references, top_k=[1, 2],
+        hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE], hierarchy_levels=["coarse", "middle", "fine"],
+    )
+    # Three mistakes: 2 for 1 (distance 1), 1 for 0 (2), 3 for 0 (3); two right answers do not count.
+    assert results["num_mistakes"] == 3
+    assert results["mistake_severity"] == pytest.approx((1 + 2 + 3) / 3)
+    # Top-2 per row: (2, 1) vs 1 -> 1, 0; (1, 0) vs 0 -> 2, 0; (3, 5) vs 0 -> 3, 3; (4, 5) vs 4 -> 0, 1;
+    # (2, 1) vs 2 -> 0, 1.
+    assert results["top2_average_distance"] == pytest.approx((1 + 0 + 2 + 0 + 3 + 3 + 0 + 1 + 0 + 1) / 10)
+    assert "path_consistency" not in results  # needs the coarser levels' own predictions
+    json.dumps(results)
+
+    # The same set as class ids gives the same severity; every answer right leaves severity out (no mistakes).
+    ids = metric.compute(predictions=[2, 1, 3, 4, 2], references=references,
+                         hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE])
+    assert ids["mistake_severity"] == pytest.approx(2.0)
+    perfect = metric.compute(predictions=references, references=references,
+                             hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE])
+    assert perfect["num_mistakes"] == 0 and "mistake_severity" not in perfect
+
+
+def test_severity_over_two_levels_counts_a_root_above_the_coarse_level(metric):
+    # Fine {0, 1} -> 0, {2, 3} -> 1: a sibling is 1 away, a class of the other parent 2.
+    results = metric.compute(predictions=[1, 2, 3, 0], references=[0, 0, 3, 3], hierarchy_parents=[[0, 0, 1, 1]])
+    assert results["mistake_severity"] == pytest.approx((1 + 2 + 2) / 3)
+
+
+def test_path_consistency_of_a_hand_made_set(metric):
+    fine = [2, 1, 3, 4, 2]  # ancestors: middle 1, 1, 2, 3, 1; coarse 0, 0, 1, 2, 0
+    middle = [1, 1, 2, 3, 0]  # row 4 disagrees with its fine prediction's parent
+    coarse = [0, 0, 0, 2, 0]  # row 2 disagrees with its fine prediction's grandparent
+    results = metric.compute(predictions=fine, references=[0] * 5, hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE],
+                             coarser_predictions=[coarse, middle])
+    assert results["path_consistency"] == pytest.approx(3 / 5)
+    consistent = metric.compute(predictions=fine, references=[0] * 5,
+                                hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE],
+                                coarser_predictions=[[0, 0, 1, 2, 0], [1, 1, 2, 3, 1]])
+    assert consistent["path_consistency"] == 1.0
+
+
+def test_path_consistency_needs_one_list_per_coarser_level(in_memory_metric):
+    with pytest.raises(ValueError, match="coarser_predictions has 1 levels"):
+        in_memory_metric.compute(predictions=[0], references=[0], hierarchy_parents=[PARENT_OF_MIDDLE, PARENT_OF_FINE],
+                                 coarser_predictions=[[0]])
+    with pytest.raises(ValueError, match="coarser_predictions needs hierarchy_parents"):
+        in_memory_metric.compute(predictions=[0], references=[0], coarser_predictions=[[0]])
+
+
+def test_tree_results_of_hand_made_joint_heads(in_memory_metric):
+    """Two coarse classes A {a1, a2} and B {b1}; three images whose heads disagree in two of them."""
+    from configuration_vit_yoga import ViTYogaConfig
+    from vit_yoga.evaluation import marginalise, tree_results
+
+    tree = {"hierarchy_levels": ["coarse", "fine"], "hierarchy_class_names": [["A", "B"], ["a1", "a2", "b1"]],
+            "hierarchy_parents": [[0, 0, 1]]}
+    joint = ViTYogaConfig(**tree, hierarchy_combination="product")
+    coarse = np.array([[5, 0], [0, 5], [5, 0]], dtype=np.float32)  # A, B, A
+    fine = np.array([[0, 3, 0], [3, 0, 0], [0, 0, 3]], dtype=np.float32)  # a2, a1 (under A), b1 (under B)
+    references = np.array([[0, 1], [1, 2], [1, 2]])  # a2, b1, b1
+    results = tree_results(joint, (coarse, fine), references, in_memory_metric)
+    assert results["levels"] == ["coarse", "fine"]
+    heads = results["decodings"]["heads"]
+    assert heads["levels"]["coarse"]["accuracy"] == pytest.approx(2 / 3)
+    assert heads["levels"]["fine"]["accuracy"] == pytest.approx(2 / 3)
+    assert heads["path_consistency"] == pytest.approx(1 / 3)  # rows 1 and 2: a pose under another body position
+    assert heads["mistake_severity"] == 2.0  # a1 for b1: another coarse class
+    # Marginalised from the fine head: coarse = A, A, B; each the parent of the fine answer.
+    marginalised = results["decodings"]["marginalised"]
+    assert marginalised["levels"]["coarse"]["accuracy"] == pytest.approx(2 / 3)
+    assert marginalised["path_consistency"] == 1.0
+    # The product of the heads: row 1 gives b1 (B's 5 outweighs a1's 3), row 2 gives a1 (A's 5 outweighs b1's 3;
+    # a1 and a2 tie, the lower id wins): one mistake, at distance 2.
+    for decoding in ("combined", "path"):
+        assert results["decodings"][decoding]["levels"]["fine"]["accuracy"] == pytest.approx(2 / 3)
+        assert results["decodings"][decoding]["mistake_severity"] == 2.0
+    assert results["decodings"]["path"]["path_consistency"] == 1.0
+    assert results["decodings"]["risk"]["path_consistency"] == 1.0
+    json.dumps(results)
+
+    # A one-head model: the model's tree_probabilities and the evaluation's own marginalisation agree.
+    one_head = ViTYogaConfig(**tree, label_level="fine")
+    single = tree_results(one_head, fine, references[:, 1], in_memory_metric)
+    assert "coarse" not in single["decodings"]["heads"]["levels"]
+    assert single["decodings"]["marginalised"] == single["decodings"]["combined"]
+    probabilities = np.exp(fine) / np.exp(fine).sum(1, keepdims=True)
+    np.testing.assert_allclose(marginalise(probabilities, [[0, 0, 1]])[0],
+                               [[probabilities[i, :2].sum(), probabilities[i, 2]] for i in range(3)])

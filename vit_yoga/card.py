@@ -83,7 +83,7 @@ classifying yoga poses at level(s) {', '.join(label_columns)} of the Yoga-82 hie
 
 Implied coarser levels: the accuracy at a coarser level of the class implied by the fine prediction.
 Per-class accuracy is in `eval_results.json` / `test_results.json`; confusion matrices are in this repo.
-
+{hierarchy_section(output_dir, results)}
 ## Usage
 
 ```python
@@ -118,6 +118,59 @@ dead, and some poses differ only by details that a low-resolution model may not 
 stick-figure poses is for testing the pipeline only and says nothing about photographs.
 """
     atomic_write(output_dir / "README.md", str(ModelCard(content)))
+
+
+def hierarchy_table(tree: dict[str, Any]) -> list[str]:
+    """Markdown rows of one split's ``tree_results``: per decoding, each level's top-1, then the path consistency,
+    the mistake severity and the average top-5 distance at the finest level."""
+    from .evaluation import DECODINGS
+
+    levels = tree["levels"]
+    rows = ["| decoding | " + " | ".join(f"{level} top-1" for level in levels)
+            + " | path consistency | mistake severity | top-5 mean distance |",
+            "|---|" + "---:|" * (len(levels) + 3)]
+    # The results JSON's keys come back sorted; the table keeps DECODINGS' order (from the heads to the decisions).
+    for name in sorted(tree["decodings"], key=lambda name: list(DECODINGS).index(name) if name in DECODINGS else 99):
+        decoded = tree["decodings"][name]
+        cells = [f"{decoded['levels'][level]['accuracy']:.3f}" if level in decoded["levels"] else "-"
+                 for level in levels]
+        cells += [f"{decoded[key]:.3f}" if key in decoded else "-"
+                  for key in ("path_consistency", "mistake_severity", "top5_average_distance")]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def hierarchy_section(output_dir: Path, results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The tree-aware results (``evaluation.tree_results``) of each evaluated split, read back from its results JSON;
+    empty for a model without a label hierarchy."""
+    from .evaluation import DECODINGS
+
+    tables = []
+    for split in results:
+        prefix = "eval" if split == "validation" else split
+        path = output_dir / f"{prefix}_results.json"
+        tree = json.loads(path.read_text()).get(f"{prefix}_hierarchy") if path.is_file() else None
+        if tree:
+            tables.append(f"**{split}**\n\n" + "\n".join(hierarchy_table(tree)))
+    if not tables:
+        return ""
+    decodings = "\n".join(f"- **{name}**: {text}." for name, text in DECODINGS.items())
+    return f"""
+### Along the label tree
+
+Every level of the hierarchy, read from this checkpoint in each way the model code offers (`tree_probabilities`,
+`most_probable_path`, `minimum_risk_path` in `modeling_vit_yoga.py`; the hierarchical pipeline's `path` is the
+`path` row, its `decision="risk"` the `risk` row):
+
+{decodings}
+
+Path consistency: the share of images whose per-level answers form a path of the tree (a pose under its own
+variation under its own body position). Mistake severity: the mean tree distance of the wrong finest-level answers
+(1 = a sibling, 2 = same parent's parent, ...; Bertinetto et al., CVPR 2020); top-5 mean distance: the mean tree
+distance of the 5 highest-scoring classes to the truth.
+
+{(chr(10) * 2).join(tables)}
+"""
 
 
 def augmentation_summary(data_args: DataArguments, image_size: int) -> str:

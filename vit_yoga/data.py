@@ -12,7 +12,8 @@ from typing import Any
 import datasets
 from transformers import TrainingArguments
 
-from yoga82.labels import LEVELS
+from yoga82.labels import LEVELS, LabelTreeError, label_tree
+from yoga82.labels import hierarchy as yoga82_hierarchy
 from yoga_common.errors import UsageError
 
 from .arguments import DataArguments
@@ -134,6 +135,7 @@ def find_labels(dataset: datasets.DatasetDict, data_args: DataArguments) -> Labe
         if not isinstance(features[column], datasets.ClassLabel):
             # Strings or ints: one ClassLabel, named from train, for every split (so that ids agree across splits).
             values = sorted(set(dataset["train"].unique(column)))
+            _check_splits_within_train(dataset, column, set(values))
             class_label = datasets.ClassLabel(names=[str(v) for v in values])
             ids = {value: i for i, value in enumerate(values)}
             for split in dataset:
@@ -147,30 +149,72 @@ def find_labels(dataset: datasets.DatasetDict, data_args: DataArguments) -> Labe
     return Labels(columns, names, hierarchy)
 
 
+def _check_splits_within_train(dataset: datasets.DatasetDict, column: str, train_values: set[Any]) -> None:
+    """Refuse, before any work, an evaluation split with a label train lacks: the classes are named from train, so
+    such an example has no class id (and a model could never predict it)."""
+    for split in dataset:
+        if split == "train":
+            continue
+        unseen = sorted(set(dataset[split].unique(column)) - train_values, key=str)
+        if unseen:
+            shown = ", ".join(repr(v) for v in unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+            raise UsageError(
+                f"the {split} split has {column} value(s) that train lacks: {shown}. The classes are named from "
+                f"train; add examples of them to train, drop them from {split}, or make {column} a ClassLabel that "
+                "names every class."
+            )
+
+
 def _encode_labels(batch: dict[str, list], column: str, ids: dict[Any, int]) -> dict[str, list[int]]:
     return {column: [ids[value] for value in batch[column]]}
 
 
 def hierarchy_of_dataset(dataset: datasets.DatasetDict) -> dict[str, Any]:
-    """The Yoga-82 hierarchy as the data set states it, as ViTYogaConfig fields: ClassLabel names per level and
-    parents read off the rows.
+    """The label hierarchy as the data set states it, as ViTYogaConfig fields (names per level, parents).
 
-    Empty when the data set lacks Yoga-82's three level columns. Rows whose labels contradict one another stop
-    training with an error (a fine class under two parents).
+    Where it comes from, first found: the tree the features state (``yoga82.label_tree``: each finer ClassLabel's
+    parent link, written by ``python -m yoga82 prepare`` / ``synthetic``); Yoga-82's own tree when the three level
+    columns carry exactly Yoga-82's class names (a folder prepared before the features stated the tree); else, for
+    other data sets with Yoga-82-style level columns, parents read off the rows. Empty when the data set has none of
+    these. Every class of the ClassLabels is kept, with or without examples; the log says how many have none. Rows
+    that contradict the tree (a class under two parents) stop training with an error.
     """
+    features = dataset["train"].features
+    try:
+        hierarchy = label_tree(features)
+    except LabelTreeError as error:
+        raise UsageError(f"the data set's label tree is broken: {error}; rewrite it with python -m yoga82 prepare, "
+                         "or predict one column with --label_column.") from None
+    source = "the data set's features"
+    if not hierarchy:
+        if not all(isinstance(features.get(level), datasets.ClassLabel) for level in LEVELS):
+            return {}
+        if [list(features[level].names) for level in LEVELS] == yoga82_hierarchy()["hierarchy_class_names"]:
+            hierarchy, source = yoga82_hierarchy(), "Yoga-82's (the data set's class names are Yoga-82's)"
+        else:
+            hierarchy, source = _hierarchy_from_rows(dataset), "the data set's rows"
+    _check_rows_follow(dataset, hierarchy)
+    _log_empty_classes(dataset, hierarchy, source)
+    return hierarchy
+
+
+def _label_pairs(dataset: datasets.DatasetDict, coarse: str, fine: str) -> set[tuple[int, int]]:
+    """Every (fine id, coarse id) pair the rows of any split hold."""
+    pairs = set()
+    for split in dataset.values():
+        ids = split.select_columns([coarse, fine]).with_format("numpy")[:]  # label columns only, no images
+        pairs.update(zip(ids[fine].tolist(), ids[coarse].tolist(), strict=True))
+    return pairs
+
+
+def _hierarchy_from_rows(dataset: datasets.DatasetDict) -> dict[str, Any]:
     levels = list(LEVELS)
     features = dataset["train"].features
-    if not all(isinstance(features.get(level), datasets.ClassLabel) for level in levels):
-        return {}
     names = [list(features[level].names) for level in levels]
     parents = []
     for coarse, fine in zip(levels, levels[1:], strict=False):
-        pairs = set()
-        for split in dataset.values():
-            ids = split.select_columns([coarse, fine]).with_format("numpy")[:]  # label columns only, no images
-            pairs.update(zip(ids[fine].tolist(), ids[coarse].tolist(), strict=True))
-        parent = {}
-        for child, coarse_id in sorted(pairs):
+        parent: dict[int, int] = {}
+        for child, coarse_id in sorted(_label_pairs(dataset, coarse, fine)):
             if parent.setdefault(child, coarse_id) != coarse_id:
                 raise UsageError(
                     f"the data set's rows put {fine} class {names[levels.index(fine)][child]!r} under two "
@@ -181,8 +225,43 @@ def hierarchy_of_dataset(dataset: datasets.DatasetDict) -> dict[str, Any]:
         unknown = [fine_names[i] for i in range(len(fine_names)) if i not in parent]
         if unknown:
             raise UsageError(
-                f"the data set has no example of {fine} class(es) {unknown[:3]}, so their {coarse} parent is "
-                f"unknown; predict one level (--label_level) or use a data set with every class."
+                f"the data set has no example of {fine} class(es) {unknown[:3]}, and its features state no label "
+                f"tree, so their {coarse} parent is unknown; state the tree in the features (the ClassLabel id, "
+                "yoga82.parent_link, as python -m yoga82 prepare writes it), predict one level (--label_level), or "
+                "use a data set with every class."
             )
         parents.append([parent[i] for i in range(len(fine_names))])
     return {"hierarchy_levels": levels, "hierarchy_class_names": names, "hierarchy_parents": parents}
+
+
+def _check_rows_follow(dataset: datasets.DatasetDict, hierarchy: dict[str, Any]) -> None:
+    """Stop on a row whose labels contradict the tree (its fine class under another parent): training on it would
+    teach each head a different tree."""
+    levels, names = hierarchy["hierarchy_levels"], hierarchy["hierarchy_class_names"]
+    if not all(level in dataset["train"].features for level in levels):
+        return
+    for depth, parents in enumerate(hierarchy["hierarchy_parents"]):
+        coarse, fine = levels[depth], levels[depth + 1]
+        wrong = sorted((child, coarse_id) for child, coarse_id in _label_pairs(dataset, coarse, fine)
+                       if parents[child] != coarse_id)
+        if wrong:
+            child, coarse_id = wrong[0]
+            raise UsageError(
+                f"{len(wrong)} {fine} class(es) appear in rows under another {coarse} class than the data set's "
+                f"label tree says, e.g. {names[depth + 1][child]!r} under {names[depth][coarse_id]!r} (the tree: "
+                f"{names[depth][parents[child]]!r}); fix the rows' labels or the tree."
+            )
+
+
+def _log_empty_classes(dataset: datasets.DatasetDict, hierarchy: dict[str, Any], source: str) -> None:
+    """Say how many classes of each level have no training example: the model keeps them (their ids stay those of
+    the data set), it just cannot learn them from this data."""
+    counts = []
+    for level, names in zip(hierarchy["hierarchy_levels"], hierarchy["hierarchy_class_names"], strict=True):
+        if level not in dataset["train"].features:
+            continue
+        present = set(dataset["train"].unique(level))
+        empty = len(names) - len(present)
+        counts.append(f"{level}: {empty} of {len(names)}" if empty else f"{level}: 0 of {len(names)}")
+    logger.info(f"Label tree from {source}: {' -> '.join(hierarchy['hierarchy_levels'])}; classes with no training "
+                f"example (kept in the model): {', '.join(counts)}.")

@@ -1,9 +1,11 @@
 """Metrics of a run, through the project's `evaluate` module (hierarchical_accuracy/, loaded from its folder):
-top-1 and top-5 per predicted level, per-class accuracy, and the coarser levels' accuracy implied by fine
-predictions."""
+top-1 and top-5 per predicted level, per-class accuracy, the coarser levels' accuracy implied by fine predictions,
+mistake severity; and, for a model with a label hierarchy, every level under each way of decoding the tree
+(``tree_results``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,16 @@ import evaluate
 import numpy as np
 
 METRIC_PATH = Path(__file__).resolve().parent / "hierarchical_accuracy"
+
+# The ways of reading a hierarchical model's levels (tree_results), as the results JSON and the model card name them.
+DECODINGS = {
+    "heads": "each level's own head, independently (a one-head model: its level only)",
+    "marginalised": "the finest head's softmax summed up the tree; per level its most probable class",
+    "combined": "tree_probabilities (a joint model's heads combined by its rule); per level its most probable class",
+    "path": "the most probable finest class and its ancestors (the hierarchical pipeline's path)",
+    "risk": "conditional risk minimisation: the finest class of lowest expected tree distance, and its ancestors "
+            "(the pipeline's decision='risk')",
+}
 
 
 class HierarchicalMetrics:
@@ -32,14 +44,18 @@ class HierarchicalMetrics:
 
     def per_level(self, logits, labels, per_class: bool = True) -> dict[str, dict[str, Any]]:
         """Results per predicted level: ``logits`` is one array (one head) or one per level; ``labels`` has one class
-        id per example and level."""
+        id per example and level. A joint model's levels below the first also get the path consistency of its heads."""
         logits = logits if isinstance(logits, (tuple, list)) else (logits,)
         labels = np.asarray(labels).reshape(len(labels), -1)
+        joint = len(self.label_columns) > 1 and self.label_columns == self.levels
         results = {}
         for i, column in enumerate(self.label_columns):
+            extra = self._hierarchy_kwargs(column)
+            if joint and i > 0:
+                extra["coarser_predictions"] = [np.asarray(level).argmax(-1) for level in logits[:i]]
             result = self.metric.compute(
                 predictions=np.asarray(logits[i], dtype=np.float32), references=labels[:, i], top_k=(1, 5),
-                class_names=self.class_names[i], **self._hierarchy_kwargs(column),
+                class_names=self.class_names[i], **extra,
             )
             if not per_class:
                 result = {k: v for k, v in result.items() if not k.startswith("per_class")}
@@ -64,6 +80,88 @@ def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return flat
 
 
+def marginalise(finest: np.ndarray, parents: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Probabilities of every level, coarsest first, from the finest level's: each class gets the sum of its
+    children's (the reference tree_results checks tree_probabilities against)."""
+    levels = [np.asarray(finest, dtype=np.float64)]
+    for level_parents in reversed(parents):
+        level_parents = np.asarray(level_parents)
+        coarse = np.zeros((len(levels[0]), int(level_parents.max()) + 1))
+        np.add.at(coarse.T, level_parents, levels[0].T)
+        levels.insert(0, coarse)
+    return levels
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def tree_results(config, logits, references: np.ndarray, metric: evaluate.EvaluationModule | None = None,
+                 rule: str | None = None) -> dict[str, Any]:
+    """Every predicted level of a hierarchical model under each decoding of ``DECODINGS``: top-1 (and top-5 where
+    the decoding ranks classes), path consistency, mistake severity and the average top-5 tree distance (finest
+    level), through the hierarchical_accuracy metric.
+
+    ``logits``: a one-head model's (N, C) logits or a joint model's per-level logits (coarsest first), as
+    ``Trainer.predict`` returns them; ``references``: (N,) finest-level ids (or (N, n_columns), finest last), the
+    coarser levels' being their ancestors. The combined, path and risk decodings are the model code's own
+    (``tree_probabilities``, ``most_probable_path``, ``minimum_risk_path``), so these numbers are the pipeline's.
+    ``{}`` for a model without a label hierarchy.
+    """
+    import torch
+
+    from modeling_vit_yoga import minimum_risk_path, most_probable_path, predicted_levels, tree_probabilities
+
+    if not config.hierarchy_levels:
+        return {}
+    metric = metric or evaluate.load(str(METRIC_PATH), keep_in_memory=True)
+    levels = predicted_levels(config)
+    depth = len(levels) - 1
+    parents = [np.asarray(p) for p in config.hierarchy_parents[:depth]]
+    heads = [np.asarray(level, dtype=np.float32)
+             for level in (logits if isinstance(logits, (tuple, list)) else [logits])]
+    finest_references = np.asarray(references).reshape(len(references), -1)[:, -1].astype(np.int64)
+    level_references = [finest_references]
+    for level_parents in reversed(parents):
+        level_references.insert(0, level_parents[level_references[0]])
+
+    with torch.no_grad():
+        combined = [p.double().numpy() for p in tree_probabilities(
+            config, [torch.from_numpy(h) for h in heads] if len(heads) > 1 else torch.from_numpy(heads[0]), rule)]
+        torch_combined = [torch.from_numpy(p) for p in combined]
+        path = most_probable_path(config, torch_combined)[0].numpy()
+        risk = minimum_risk_path(config, torch_combined)[0].numpy()
+    # One-head model: its only head is the finest level; the coarser ones have no head of their own.
+    head_scores: list[np.ndarray | None] = [None] * (len(levels) - 1) + [heads[-1]] if len(heads) == 1 else heads
+    decodings: dict[str, list[np.ndarray | None]] = {
+        "heads": head_scores,
+        "marginalised": marginalise(_softmax(heads[-1]), parents),
+        "combined": combined,
+        "path": [path[:, i] for i in range(len(levels))],
+        "risk": [risk[:, i] for i in range(len(levels))],
+    }
+    results: dict[str, Any] = {"levels": levels, "decodings": {}}
+    for name, per_level in decodings.items():
+        decoded: dict[str, Any] = {"levels": {}}
+        for i, (level, predictions) in enumerate(zip(levels, per_level, strict=True)):
+            if predictions is None:
+                continue
+            kwargs: dict[str, Any] = {}
+            if i > 0:
+                kwargs = {"hierarchy_parents": parents[:i], "hierarchy_levels": levels[: i + 1]}
+                if all(p is not None for p in per_level[:i]):
+                    kwargs["coarser_predictions"] = [p.argmax(-1) if p.ndim == 2 else p for p in per_level[:i]]
+            result = metric.compute(predictions=predictions, references=level_references[i], top_k=(1, 5), **kwargs)
+            decoded["levels"][level] = {k: v for k, v in result.items() if k in ("accuracy", "top5_accuracy")}
+            if i == depth:  # the finest level's mistakes, and whether the decoded levels form paths
+                decoded.update({k: v for k, v in result.items() if k in (
+                    "mistake_severity", "num_mistakes", "top5_average_distance", "path_consistency")})
+        results["decodings"][name] = decoded
+    return results
+
+
 def evaluate_split(trainer, dataset, split: str, prefix: str, metrics: HierarchicalMetrics, output_dir: Path,
                    ignore_keys: list[str] | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Evaluate ``split`` with the trained model: ``<prefix>_results.json`` (scalars, and per level the detailed
@@ -75,7 +173,11 @@ def evaluate_split(trainer, dataset, split: str, prefix: str, metrics: Hierarchi
     per_level = metrics.per_level(prediction.predictions, prediction.label_ids)
     scalars = dict(prediction.metrics, **{f"{prefix}_samples": len(dataset)})
     trainer.log_metrics(prefix, scalars)
-    trainer.save_metrics(prefix, dict(scalars, **{f"{prefix}_per_level": per_level}), combined=True)
+    detailed = {f"{prefix}_per_level": per_level}
+    tree = tree_results(trainer.model.config, prediction.predictions, prediction.label_ids, metrics.metric)
+    if tree:  # read back by the model card (vit_yoga/card.py)
+        detailed[f"{prefix}_hierarchy"] = tree
+    trainer.save_metrics(prefix, dict(scalars, **detailed), combined=True)
     plots = []
     if trainer.is_world_process_zero():
         logits = prediction.predictions if isinstance(prediction.predictions, tuple) else (prediction.predictions,)

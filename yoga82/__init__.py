@@ -26,6 +26,8 @@ _HOMES = {
     "write_parquet_dataset": "export",
     "LEVELS": "labels",
     "hierarchy": "labels",
+    "label_tree": "labels",
+    "parent_link": "labels",
     "ReleaseError": "release",
     "ReleaseNotFoundError": "release",
     "read_release": "release",
@@ -44,6 +46,8 @@ __all__ = [
     "download_images",
     "generate_synthetic",
     "hierarchy",
+    "label_tree",
+    "parent_link",
     "prepare",
     "push_dataset_folder",
     "read_release",
@@ -55,7 +59,7 @@ if TYPE_CHECKING:
     from .builder import Yoga82, Yoga82Config, yoga82_features
     from .download import DownloadReport, download_images
     from .export import push_dataset_folder, write_parquet_dataset
-    from .labels import LEVELS, hierarchy
+    from .labels import LEVELS, hierarchy, label_tree, parent_link
     from .release import ReleaseError, ReleaseNotFoundError, read_release
     from .synthetic import build_synthetic, generate_synthetic
 

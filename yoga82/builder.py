@@ -20,7 +20,7 @@ import datasets
 from yoga_common.errors import UsageError
 
 from .images import InvalidImage, normalized_jpeg
-from .labels import LABEL_6_NAMES, LABEL_20_NAMES, LABEL_82_NAMES
+from .labels import LABEL_6_NAMES, LABEL_20_NAMES, LABEL_82_NAMES, LEVELS, PARENT_OF_20, PARENT_OF_82, parent_link
 from .release import SplitRow, read_release, stratified_split
 
 CITATION = """\
@@ -38,14 +38,16 @@ DESCRIPTION = (
 
 
 def yoga82_features() -> datasets.Features:
-    """The columns every Yoga-82 dataset of this project has (real, resized or synthetic)."""
+    """The columns every Yoga-82 dataset of this project has (real, resized or synthetic). The finer levels'
+    ClassLabels carry their parents (``labels.parent_link``), so the data set states its whole tree even when some
+    classes have no example."""
     return datasets.Features(
         {
             "image": datasets.Image(),
             "image_path": datasets.Value("string"),
             "label_6": datasets.ClassLabel(names=list(LABEL_6_NAMES)),
-            "label_20": datasets.ClassLabel(names=list(LABEL_20_NAMES)),
-            "label_82": datasets.ClassLabel(names=list(LABEL_82_NAMES)),
+            "label_20": datasets.ClassLabel(names=list(LABEL_20_NAMES), id=parent_link(LEVELS[0], PARENT_OF_20)),
+            "label_82": datasets.ClassLabel(names=list(LABEL_82_NAMES), id=parent_link(LEVELS[1], PARENT_OF_82)),
         }
     )
 

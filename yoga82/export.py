@@ -162,6 +162,17 @@ Columns: `image` (RGB), `image_path` (`<pose folder>/<file>` as in the Yoga-82 r
 hierarchy as class labels: `label_6` (body position) -> `label_20` (variation) -> `label_82` (pose).
 Per-class counts are in `{COUNTS_FILE}` and `{PLOT_FILE}`.
 
+The label tree is part of the features, so it comes back with `load_dataset` (and survives `push_to_hub`) even
+where some classes have no example: each finer level's class label carries, in its `id`, the level above and the
+parent of each of its classes (`dataset_info` above shows it).
+
+```python
+import json
+
+link = json.loads(dataset["train"].features["label_82"].id)  # {{"hierarchy_parent": "label_20", "parents": [...]}}
+variation_of_pose = link["parents"]  # variation_of_pose[pose id] = its label_20 id
+```
+
 ## Splits
 
 {header}

@@ -1,13 +1,16 @@
 """The Yoga-82 label hierarchy (Verma et al., CVPRW 2020): 6 body positions -> 20 variations -> 82 poses.
 
 This is the one home of Yoga-82's labels. The data set owns them: the builder, the release parser and the synthetic
-poses read them here, and a data set written by this package carries them as ``ClassLabel`` names. A model learns
-them from the data (train.py reads the names and parents off the data set's columns) and stores them in its own
-``config.json``, so neither the model code nor a checkpoint depends on this file.
+poses read them here, and a data set written by this package carries them as ``ClassLabel`` names, each fine level's
+parents in its ``ClassLabel``'s ``id`` (``parent_link``; see ``label_tree``). A model learns them from the data
+(train.py reads the names and parents off the data set's features) and stores them in its own ``config.json``, so
+neither the model code nor a checkpoint depends on this file.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Ids are those of the release's yoga_train.txt / yoga_test.txt; the 82 names are the release's pose folder
@@ -131,3 +134,79 @@ def hierarchy() -> dict[str, Any]:
         "hierarchy_parents": [list(PARENT_OF_20), list(PARENT_OF_82)],
     }
 
+
+
+# The label tree travels in the data set's features: each finer level's ClassLabel carries, in its ``id`` string,
+# the column of the level above and the parent id of each of its classes. ``id`` is the one free-form field of a
+# datasets feature that datasets 5.x keeps everywhere the features go: the Parquet schema metadata and the card's
+# ``dataset_info`` YAML (so ``load_dataset(folder)`` and the Hub's loader read it back), ``push_to_hub``,
+# ``save_to_disk``, map/select/filter. A card-only YAML key or DatasetInfo.description is dropped by
+# ``load_dataset(folder)`` (measured: tests/test_label_tree.py).
+PARENT_LINK_KEY = "hierarchy_parent"
+
+
+def parent_link(parent_column: str, parents: Sequence[int]) -> str:
+    """The ``ClassLabel.id`` of a level whose class ``c`` has parent ``parents[c]`` in column ``parent_column``."""
+    return json.dumps({PARENT_LINK_KEY: parent_column, "parents": [int(p) for p in parents]}, separators=(",", ":"))
+
+
+class LabelTreeError(ValueError):
+    """A data set's features state a label tree that does not hold together (what is wrong and where)."""
+
+
+def label_tree(features: Mapping[str, Any]) -> dict[str, Any]:
+    """The label tree a data set's features state, as ViTYogaConfig's fields (``hierarchy_levels``,
+    ``hierarchy_class_names``, ``hierarchy_parents``), or ``{}`` when no ClassLabel carries a ``parent_link``.
+
+    ``features`` is a ``datasets.Features`` (any mapping of column -> feature with ``names`` and ``id`` works, so this
+    module need not import datasets). The levels form one chain, coarsest first; raises LabelTreeError when the
+    links do not (an unknown parent column, a wrong number of parents, an id out of range, a branching or a cycle).
+    """
+    def names_of(column: str) -> list[str] | None:
+        names = getattr(features.get(column), "names", None)
+        return list(names) if names is not None else None
+
+    links: dict[str, tuple[str, list[int]]] = {}
+    for column, feature in features.items():
+        text = getattr(feature, "id", None)
+        if names_of(column) is None or not isinstance(text, str) or PARENT_LINK_KEY not in text:
+            continue
+        try:
+            link = json.loads(text)
+            parent_column, parents = str(link[PARENT_LINK_KEY]), [int(p) for p in link["parents"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise LabelTreeError(
+                f"the ClassLabel id of column {column!r} is not a parent link ({error}): {text[:80]}"
+            ) from None
+        parent_names = names_of(parent_column)
+        if parent_names is None:
+            raise LabelTreeError(f"column {column!r} names {parent_column!r} as its parent level, which is not a "
+                                 "ClassLabel column of the data set")
+        if len(parents) != len(names_of(column)):
+            raise LabelTreeError(f"column {column!r} has {len(names_of(column))} classes but its parent link gives "
+                                 f"{len(parents)} parents")
+        if any(not 0 <= p < len(parent_names) for p in parents):
+            raise LabelTreeError(f"column {column!r}'s parent link holds an id outside 0..{len(parent_names) - 1}, "
+                                 f"the classes of {parent_column!r}")
+        links[column] = (parent_column, parents)
+    if not links:
+        return {}
+    children: dict[str, str] = {}
+    for column, (parent_column, _) in links.items():
+        if parent_column in children:
+            raise LabelTreeError(f"columns {children[parent_column]!r} and {column!r} both name {parent_column!r} as "
+                                 "their parent level; the levels must form one chain")
+        children[parent_column] = column
+    roots = [column for column in children if column not in links]
+    if len(roots) != 1:
+        raise LabelTreeError(f"the parent links form {len(roots)} chains or a cycle, not one chain of levels")
+    levels = [roots[0]]
+    while levels[-1] in children:
+        levels.append(children[levels[-1]])
+    if len(levels) != len(links) + 1:
+        raise LabelTreeError("the parent links form a cycle besides the chain from " + repr(roots[0]))
+    return {
+        "hierarchy_levels": levels,
+        "hierarchy_class_names": [names_of(level) for level in levels],
+        "hierarchy_parents": [links[level][1] for level in levels[1:]],
+    }

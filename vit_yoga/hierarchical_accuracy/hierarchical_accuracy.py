@@ -1,5 +1,7 @@
 """Hierarchical accuracy: top-k, per-class and implied coarse-level accuracy of a classifier over one level of a
-label hierarchy (e.g. Yoga-82: 6 body positions -> 20 variations -> 82 poses)."""
+label hierarchy (e.g. Yoga-82: 6 body positions -> 20 variations -> 82 poses), and how bad its mistakes are: mistake
+severity and the average tree distance of the top-k (Bertinetto et al., CVPR 2020), and the share of examples whose
+per-level predictions form a path of the tree."""
 
 from collections.abc import Sequence
 
@@ -13,6 +15,14 @@ top-1 and top-k accuracy, accuracy and support per class, and, given the parent 
 the accuracy at every coarser level implied by the top-1 prediction: the predicted class and the reference are both
 mapped up the hierarchy and compared there, so a wrong pose in the right body position still counts at the
 body-position level. Predictions may also be given as class ids, in which case top-k for k > 1 is left out.
+
+Given the hierarchy it also weighs the mistakes by the tree distance between the predicted and the reference class:
+the height of their lowest common ancestor, counting a root above the coarsest level (for Yoga-82's poses: 1 = a
+sibling pose of the same variation, 2 = another variation of the same body position, 3 = another body position).
+Mistake severity is the mean distance of the wrong top-1 predictions; the average top-k distance is the mean distance
+of the k highest-scoring classes (Bertinetto et al., "Making Better Mistakes", CVPR 2020). Given the coarser levels'
+own predictions (e.g. a joint model's other heads), path consistency is the share of examples whose predictions at
+every level form a path of the tree.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -31,6 +41,9 @@ Args:
     hierarchy_levels (`list` of `str`, optional): the name of every level, coarsest first, including the evaluated
         one (one more than `hierarchy_parents`), e.g. ["label_6", "label_20", "label_82"]; defaults to
         "level_0", "level_1", ...
+    coarser_predictions (`list` of `list` of `int`, optional, needs `hierarchy_parents`): coarsest first, one list per
+        level above the evaluated one: the class ids predicted at that level for the same N examples (e.g. a joint
+        model's coarser heads). Gives `path_consistency`.
 
 Returns:
     accuracy (`float`): top-1 accuracy.
@@ -41,6 +54,13 @@ Returns:
     num_examples (`int`): N.
     implied_{level}_accuracy (`float`): for each level coarser than the evaluated one (only with
         `hierarchy_parents`): accuracy of the coarse class implied by the top-1 prediction.
+    mistake_severity (`float`): with `hierarchy_parents` and at least one wrong top-1 prediction: the mean tree
+        distance (1 .. number of levels) between the wrong predictions and their references.
+    num_mistakes (`int`): with `hierarchy_parents`: the number of wrong top-1 predictions.
+    top{k}_average_distance (`float`): with `hierarchy_parents` and scores, for each k > 1 in `top_k`: the mean tree
+        distance between the reference and each of the k highest-scoring classes (0 for the reference itself).
+    path_consistency (`float`): with `coarser_predictions`: the share of examples whose predictions at the coarser
+        levels are the ancestors of the top-1 prediction.
 
 Examples:
     >>> metric = evaluate.load("vit_yoga/hierarchical_accuracy")
@@ -53,7 +73,8 @@ Examples:
     ... )
     >>> print(results)
     {'accuracy': 0.3333333333333333, 'top2_accuracy': 0.3333333333333333, 'per_class_accuracy': {'1': 0.5, '2': 0.0}, \
-'per_class_count': {'1': 2, '2': 1}, 'num_examples': 3, 'implied_coarse_accuracy': 1.0}
+'per_class_count': {'1': 2, '2': 1}, 'num_examples': 3, 'num_mistakes': 2, 'mistake_severity': 1.0, \
+'top2_average_distance': 1.3333333333333333, 'implied_coarse_accuracy': 1.0}
 """
 
 _CITATION = """
@@ -96,6 +117,17 @@ def _check_range(ids: np.ndarray, num_classes: int, what: str, fix: str) -> None
         )
 
 
+def tree_distance(predicted: np.ndarray, references: np.ndarray, parents: Sequence[np.ndarray]) -> np.ndarray:
+    """Per example, the height of the lowest common ancestor of two classes of the finest level of ``parents``,
+    with a root above the coarsest level: 0 for the same class, one more for each level at which they differ
+    (a class and its ancestors differ at a level only if they differ at every finer one)."""
+    distance = (predicted != references).astype(np.int64)
+    for level_parents in reversed(parents):
+        predicted, references = level_parents[predicted], level_parents[references]
+        distance += predicted != references
+    return distance
+
+
 class HierarchicalAccuracy(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -128,6 +160,7 @@ class HierarchicalAccuracy(evaluate.Metric):
         class_names: Sequence[str] | None = None,
         hierarchy_parents: Sequence[Sequence[int]] | None = None,
         hierarchy_levels: Sequence[str] | None = None,
+        coarser_predictions: Sequence[Sequence[int]] | None = None,
     ) -> dict:
         references = _as_id_array(references, "references")
         num_examples = len(references)
@@ -192,13 +225,48 @@ class HierarchicalAccuracy(evaluate.Metric):
 
         if parents:
             levels = self._check_hierarchy(parents, hierarchy_levels, num_classes)
+            distance = tree_distance(predicted, references, parents)
+            results["num_mistakes"] = int((~correct).sum())
+            if results["num_mistakes"]:
+                results["mistake_severity"] = float(distance[~correct].mean())
+            if scores is not None:
+                # Ranked as top-k accuracy ranks them: descending score, ties to the lower class id.
+                ranking = np.argsort(-scores, axis=1, kind="stable")
+                for k in top_ks:
+                    if k > 1:
+                        top = ranking[:, : min(k, num_classes)]
+                        reference_columns = np.broadcast_to(references[:, None], top.shape)
+                        distances = tree_distance(top.ravel(), reference_columns.ravel(), parents)
+                        results[f"top{k}_average_distance"] = float(distances.mean())
+            if coarser_predictions is not None:
+                results["path_consistency"] = self._path_consistency(predicted, coarser_predictions, parents)
             coarse_predicted, coarse_references = predicted, references
             # Walk up from the evaluated level: parents[i] maps level i+1 to level i.
             for depth in range(len(parents) - 1, -1, -1):
                 coarse_predicted = parents[depth][coarse_predicted]
                 coarse_references = parents[depth][coarse_references]
                 results[f"implied_{levels[depth]}_accuracy"] = float((coarse_predicted == coarse_references).mean())
+        elif coarser_predictions is not None:
+            raise ValueError("coarser_predictions needs hierarchy_parents: the tree the paths must follow.")
         return results
+
+    @staticmethod
+    def _path_consistency(predicted: np.ndarray, coarser: Sequence[Sequence[int]], parents: list[np.ndarray]) -> float:
+        if len(coarser) != len(parents):
+            raise ValueError(
+                f"coarser_predictions has {len(coarser)} levels but hierarchy_parents describes {len(parents)} levels "
+                "above the evaluated one; pass one list of predicted ids per coarser level, coarsest first."
+            )
+        consistent = np.ones(len(predicted), dtype=bool)
+        ancestor = predicted
+        for depth in range(len(parents) - 1, -1, -1):
+            ancestor = parents[depth][ancestor]
+            level_predicted = _as_id_array(coarser[depth], f"coarser_predictions[{depth}]")
+            if len(level_predicted) != len(predicted):
+                raise ValueError(f"coarser_predictions[{depth}] has {len(level_predicted)} ids for {len(predicted)} "
+                                 "examples; pass one predicted id per example.")
+            consistent &= level_predicted == ancestor
+        return float(consistent.mean())
 
     @staticmethod
     def _check_top_k(top_k) -> list[int]:
