@@ -58,7 +58,7 @@ DEFAULT_OPSET = 17
 EXPORTABLE_ATTENTION = ("eager", "sdpa")
 EXPORTERS = ("torchscript", "dynamo")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-SYNTHETIC_SOURCE = "synthetic test split"
+SYNTHETIC = "synthetic"  # --check_images word for the synthetic poses' test split
 
 
 def require_onnx() -> None:
@@ -230,13 +230,18 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def check_folders(folders: Sequence[str | Path] | None) -> list[Path]:
-    """The ``--check_images`` folders, each checked to hold images (before any long work)."""
-    result = []
-    for folder in folders or []:
+def check_folders(folders: Sequence[str | Path] | None) -> list[Path | str]:
+    """The ``--check_images`` sources, each folder checked to hold images (before any long work); the word
+    ``synthetic`` stands for the synthetic poses' test split. None or empty: the synthetic test split alone."""
+    result: list[Path | str] = []
+    for folder in folders or [SYNTHETIC]:
+        if str(folder) == SYNTHETIC:
+            result.append(SYNTHETIC)
+            continue
         folder = Path(folder)
         if not folder.is_dir():
-            raise UsageError(f"--check_images {folder} is not a folder; give a folder of photos (any depth).")
+            raise UsageError(f"--check_images {folder} is not a folder; give a folder of photos (any depth) or "
+                             f"{SYNTHETIC!r}.")
         if not image_files(folder):
             raise UsageError(f"--check_images {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
         result.append(folder)
@@ -347,7 +352,8 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``model`` (a ViTYoga folder or Hub id) to ``output_dir`` after checking the graphs against PyTorch.
 
-    ``check_images``: folders of photos (default: the synthetic poses' test split); ``check_limit`` caps the
+    ``check_images``: folders of photos, or ``"synthetic"`` (the synthetic poses' test split: the default);
+    ``check_limit`` caps the
     photos taken from each. Returns what ``export_results.json`` holds. Raises ``UsageError`` for bad arguments
     (before loading anything), a model that cannot export, or a failed check (nothing written then).
     """
@@ -371,8 +377,10 @@ def export_onnx(
     wrapped, processor = load_checkpoint(str(model), attn_implementation)
     wrapper = ExportableClassifier(wrapped).eval()
     config = wrapped.config
-    sources = {str(f): load_photos(f, check_limit) for f in folders} or {SYNTHETIC_SOURCE: synthetic_test_images()[
-        :check_limit]}
+    sources = {
+        str(folder): synthetic_test_images()[:check_limit] if folder == SYNTHETIC else load_photos(folder, check_limit)
+        for folder in folders
+    }
     pixels = {name: preprocess(processor, photos) for name, photos in sources.items()}
 
     results: dict[str, Any] = {
@@ -447,7 +455,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quantize", choices=["dynamic"], default=None, help="also write model_int8.onnx")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17 to 23; default 17)")
     parser.add_argument("--check_images", nargs="+", default=None, metavar="DIR",
-                        help="folders of photos the checks run on (default: the synthetic poses' test split)")
+                        help="folders of photos the checks run on; 'synthetic' (the default) is the synthetic "
+                        "poses' test split (drawn offline)")
     parser.add_argument("--check_limit", type=int, default=None, help="at most this many photos per folder")
     parser.add_argument("--attn_implementation", choices=EXPORTABLE_ATTENTION, default=None,
                         help="attention to export (default: the checkpoint's)")
