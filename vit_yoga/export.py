@@ -121,21 +121,21 @@ def _model_module(model: nn.Module) -> Any:
     return sys.modules[type(model).__module__]
 
 
-def hierarchy_functions(model: nn.Module) -> tuple[Any, Any] | None:
-    """``(predicted_levels, tree_probabilities)`` from the checkpoint's own model code, else from this repository's
-    (a checkpoint written before the hierarchy decoding existed has the same config fields); None when neither
-    has them."""
-    for module in (_model_module(model), sys.modules.get("modeling_vit_yoga") or _import_local_modeling()):
-        levels, probabilities = (getattr(module, name, None) for name in ("predicted_levels", "tree_probabilities"))
-        if levels is not None and probabilities is not None:
-            return levels, probabilities
-    return None
-
-
-def _import_local_modeling() -> Any:
+def hierarchy_functions(model: nn.Module) -> tuple[Any, Any, Any] | None:
+    """``(predicted_levels, tree_probabilities, config)`` from the checkpoint's own model code, else from this
+    repository's with the checkpoint's config read into this repository's config class (a checkpoint written before
+    the hierarchy decoding existed has the same label fields, and the new ones' defaults); None when neither has
+    them."""
+    functions = [getattr(_model_module(model), name, None) for name in ("predicted_levels", "tree_probabilities")]
+    if None not in functions:
+        return functions[0], functions[1], model.config
     import modeling_vit_yoga
+    from configuration_vit_yoga import ViTYogaConfig
 
-    return modeling_vit_yoga
+    functions = [getattr(modeling_vit_yoga, name, None) for name in ("predicted_levels", "tree_probabilities")]
+    if None in functions:
+        return None
+    return functions[0], functions[1], ViTYogaConfig.from_dict(model.config.to_dict())
 
 
 def is_joint(model: nn.Module) -> bool:
@@ -181,8 +181,8 @@ class ExportableClassifier(nn.Module):
         functions = hierarchy_functions(model)
         self.tree_probabilities = None
         if functions is not None:
-            predicted_levels, self.tree_probabilities = functions
-            for level in predicted_levels(config):
+            predicted_levels, self.tree_probabilities, self.decoding_config = functions
+            for level in predicted_levels(self.decoding_config):
                 self.spec.add(f"probabilities_{level}", level, "probabilities")
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -192,7 +192,7 @@ class ExportableClassifier(nn.Module):
         if self.joint:
             outputs += list(level_logits)
         if self.tree_probabilities is not None:
-            outputs += list(self.tree_probabilities(self.model.config, level_logits if self.joint else output.logits))
+            outputs += list(self.tree_probabilities(self.decoding_config, level_logits if self.joint else output.logits))
         return tuple(outputs)
 
 
