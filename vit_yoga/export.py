@@ -57,6 +57,7 @@ RESULTS_FILE = "export_results.json"
 DEFAULT_OPSET = 17
 EXPORTABLE_ATTENTION = ("eager", "sdpa")
 EXPORTERS = ("torchscript", "dynamo")
+CLASSIFIERS = ("ViTYogaForImageClassification", "ViTYogaForHierarchicalClassification")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SYNTHETIC = "synthetic"  # --check_images word for the synthetic poses' test split
 
@@ -79,7 +80,8 @@ def require_onnx() -> None:
 # --------------------------------------------------------------------------------------------------------------
 def load_checkpoint(model: str, attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
     """The checkpoint's model (its own code, ``trust_remote_code``) in eval mode, and its image processor."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoImageProcessor
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     if attn_implementation is not None and attn_implementation not in EXPORTABLE_ATTENTION:
         raise UsageError(
@@ -103,9 +105,17 @@ def load_checkpoint(model: str, attn_implementation: str | None = None) -> tuple
             f"--model {model} has no preprocessor_config.json: without it nobody knows how to prepare an image for "
             "the exported model; save the image processor into the folder (train.py and the converter do)."
         ) from None
+    architecture = (config.architectures or [""])[0]
+    if architecture not in CLASSIFIERS:
+        raise UsageError(f"--model {model} is a {architecture or 'headless'} checkpoint; only the classifiers "
+                         f"{list(CLASSIFIERS)} export (train or fine-tune a head first).")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        loaded = AutoModelForImageClassification.from_pretrained(model, trust_remote_code=True, **kwargs)
+        # The class config.json names, from the checkpoint's code. Not AutoModelForImageClassification: once it has
+        # loaded one checkpoint, it maps that code's config class to that model class for the rest of the process,
+        # so a joint checkpoint loaded after a one-head one of the same code came back with one head.
+        model_class = get_class_from_dynamic_module(f"modeling_vit_yoga.{architecture}", str(model))
+        loaded = model_class.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as error:
         raise UsageError(f"--model {model}: {error}") from None
     implementation = loaded.config._attn_implementation or "sdpa"
@@ -192,7 +202,8 @@ class ExportableClassifier(nn.Module):
         if self.joint:
             outputs += list(level_logits)
         if self.tree_probabilities is not None:
-            outputs += list(self.tree_probabilities(self.decoding_config, level_logits if self.joint else output.logits))
+            scores = level_logits if self.joint else output.logits
+            outputs += list(self.tree_probabilities(self.decoding_config, scores))
         return tuple(outputs)
 
 
