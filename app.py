@@ -339,13 +339,14 @@ def newest_run(runs_dir: Path) -> Path | None:
     return max(finished, key=lambda folder: (folder / "model.safetensors").stat().st_mtime, default=None)
 
 
-def default_model() -> str:
-    """A Space's own model (``space_model.txt`` beside this file), else the newest finished run under runs/."""
+def default_model(runs_dirs: Sequence[Path] | None = None) -> str:
+    """A Space's own model (``space_model.txt`` beside this file), else the newest finished run under ``runs_dirs``
+    (default: runs/ here and beside this file)."""
     space_model = HERE / SPACE_MODEL_FILE
     if space_model.is_file():
         ref = space_model.read_text().strip()
         return str(HERE / ref) if (HERE / ref).is_dir() else ref
-    for runs in dict.fromkeys((Path.cwd() / "runs", HERE / "runs")):
+    for runs in dict.fromkeys(runs_dirs or (Path.cwd() / "runs", HERE / "runs")):
         found = newest_run(runs) if runs.is_dir() else None
         if found:
             return str(found)
