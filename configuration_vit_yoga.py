@@ -12,6 +12,15 @@ from transformers import PretrainedConfig
 
 PATCH_EMBEDDING_TYPES = ("standard", "conv_stem")
 
+# How a joint model (one head per level) turns its heads into one distribution over the finest classes (see
+# ``modeling_vit_yoga.tree_probabilities``): "finest" (the finest head alone), "product" (the product of the levels'
+# probabilities along each leaf's path, renormalised over the leaves), "geometric" (their geometric mean,
+# renormalised: the product's ranking, softer scores), "chain" (top-down, the chain rule: the coarsest head's
+# probability times each finer head's probability renormalised among its siblings; the coarsest marginal is then the
+# coarsest head's exactly).
+HIERARCHY_COMBINATIONS = ("finest", "product", "geometric", "chain")
+DEFAULT_HIERARCHY_COMBINATION = "product"
+
 # Named sizes from the ViT paper and DeiT (Ti), all with 16-pixel patches at 224 px, and their initialisation
 # (std 0.02). ``vit-pico`` is ours: a model small enough to train on a laptop CPU in minutes (the out-of-the-box
 # synthetic run uses it); at its width of 96, std 0.02 leaves it nearly linear for thousands of steps, so it starts
@@ -47,6 +56,9 @@ class ViTYogaConfig(PretrainedConfig):
         patch_embedding_type: "standard" (the ViT's patch projection, one strided convolution: weights port to
             and from transformers' and timm's ViT) or "conv_stem" (a stack of 3x3 stride-2 convolutions, Xiao et
             al. 2021: a small-data option, see the README's recipes).
+        hierarchy_combination: how a joint model (one head per level) combines its heads into tree-consistent
+            probabilities, one of ``HIERARCHY_COMBINATIONS``; the default is the rule that measured best (README,
+            "Hierarchical predictions"). A config.json written before this field existed loads with the default.
     """
 
     model_type = "vit_yoga"
@@ -73,6 +85,7 @@ class ViTYogaConfig(PretrainedConfig):
         label_level: str | None = None,
         init_lineage: list[dict[str, Any]] | None = None,
         patch_embedding_type: str = "standard",
+        hierarchy_combination: str = DEFAULT_HIERARCHY_COMBINATION,
         **kwargs: Any,
     ) -> None:
         self.image_size = image_size
@@ -95,6 +108,7 @@ class ViTYogaConfig(PretrainedConfig):
         self.label_level = label_level
         self.init_lineage = list(init_lineage or [])
         self.patch_embedding_type = patch_embedding_type
+        self.hierarchy_combination = hierarchy_combination
         if label_level is not None and "id2label" not in kwargs and "num_labels" not in kwargs:
             if label_level in self.hierarchy_levels:
                 names = self.hierarchy_class_names[self.hierarchy_levels.index(label_level)]
@@ -145,6 +159,11 @@ class ViTYogaConfig(PretrainedConfig):
             raise ValueError(
                 f"patch_embedding_type='conv_stem' reaches the patch grid by halving the image, so patch_size must be "
                 f"a power of two (2, 4, 8, 16...), got {self.patch_size}."
+            )
+        if self.hierarchy_combination not in HIERARCHY_COMBINATIONS:
+            raise ValueError(
+                f"ViTYogaConfig.hierarchy_combination {self.hierarchy_combination!r} is unknown; choose one of "
+                f"{list(HIERARCHY_COMBINATIONS)}."
             )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, name)
@@ -206,4 +225,7 @@ class ViTYogaConfig(PretrainedConfig):
         return chains
 
 
-__all__ = ["PATCH_EMBEDDING_TYPES", "VIT_YOGA_PRESETS", "ViTYogaConfig"]
+__all__ = [
+    "DEFAULT_HIERARCHY_COMBINATION", "HIERARCHY_COMBINATIONS", "PATCH_EMBEDDING_TYPES", "VIT_YOGA_PRESETS",
+    "ViTYogaConfig",
+]

@@ -12,6 +12,7 @@ transformers' attention interface, so ``attn_implementation`` may be "eager", "s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
     from transformers import ViTImageProcessor
 
 try:  # as a package (a Hub checkpoint loaded with trust_remote_code)
-    from .configuration_vit_yoga import ViTYogaConfig
+    from .configuration_vit_yoga import HIERARCHY_COMBINATIONS, ViTYogaConfig
 except ImportError:  # as a plain module (this repository)
-    from configuration_vit_yoga import ViTYogaConfig
+    from configuration_vit_yoga import HIERARCHY_COMBINATIONS, ViTYogaConfig
 
 logger = logging.get_logger(__name__)
 
@@ -314,6 +315,132 @@ def mean_over_examples(
     return per_example.sum() / (num_items_in_batch / entries_per_example)
 
 
+# ---------------------------------------------------------------- hierarchical decoding
+# Written by hand: no library decodes a label tree from softmax heads. Every function below is tensor algebra with
+# constant index tensors built from the config (no branching on tensor values, no .item()), so that it traces into
+# ONNX and runs identically in the pipeline, the demo, predict and the exported model.
+
+
+def predicted_levels(config: ViTYogaConfig) -> list[str]:
+    """The hierarchy levels a checkpoint's probabilities cover, coarsest first: a one-head model of level L gives the
+    levels from the first down to L, a joint model every level, a model without a hierarchy its one label set."""
+    levels = list(config.hierarchy_levels)
+    if not levels:
+        return [config.label_level or "label"]
+    if config.label_level is None:  # one head per level (train.py --label_level all)
+        return levels
+    return levels[: levels.index(config.label_level) + 1]
+
+
+def _ancestor_table(config: ViTYogaConfig) -> torch.Tensor:
+    """(n_finest, n_levels) LongTensor: each finest predicted class's id at every predicted level, coarsest first."""
+    levels = predicted_levels(config)
+    if not config.hierarchy_levels:
+        return torch.arange(config.num_labels).unsqueeze(1)
+    return torch.tensor(config.ancestors(levels[-1]), dtype=torch.long)
+
+
+def _parent_matrix(config: ViTYogaConfig, depth: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n_classes of level ``depth``, n_classes of level ``depth - 1``): 1 where the column is the row's parent. A
+    matrix product with it sums children into parents (exact: each row has a single 1)."""
+    parents = torch.tensor(config.hierarchy_parents[depth - 1], dtype=torch.long)
+    return F.one_hot(parents, len(config.hierarchy_class_names[depth - 1])).to(dtype=dtype, device=device)
+
+
+def _finest_log_probabilities(
+    config: ViTYogaConfig, logits: torch.Tensor | Sequence[torch.Tensor], rule: str | None = None
+) -> torch.Tensor:
+    """Log-probabilities (batch, n_finest) over the finest predicted level: a one-head model's softmax, or a joint
+    model's heads combined by ``rule`` (default ``config.hierarchy_combination``)."""
+    levels = predicted_levels(config)
+    heads = [logits] if isinstance(logits, torch.Tensor) else list(logits)
+    if len(heads) == 1:  # one head of the finest predicted level (or a joint model's combined ``logits``)
+        (scores,) = heads
+        n_finest = len(config.hierarchy_class_names[len(levels) - 1]) if config.hierarchy_levels else config.num_labels
+        if scores.ndim != 2 or scores.shape[-1] != n_finest:
+            raise ValueError(
+                f"tree_probabilities expects logits of shape (batch, {n_finest}) for level {levels[-1]!r}, got "
+                f"{tuple(scores.shape)}."
+            )
+        return F.log_softmax(scores.float(), dim=-1)
+    if len(heads) != len(config.hierarchy_levels) or len(levels) != len(heads):
+        raise ValueError(
+            f"tree_probabilities got {len(heads)} heads' logits; a joint model has one per level "
+            f"{config.hierarchy_levels}, and this config predicts {levels}."
+        )
+    sizes = config.hierarchy_sizes
+    if any(h.ndim != 2 or h.shape[-1] != n for h, n in zip(heads, sizes, strict=True)):
+        raise ValueError(
+            f"tree_probabilities expects each level's logits of shape (batch, n_classes) with n_classes {sizes}, got "
+            f"{[tuple(h.shape) for h in heads]}."
+        )
+    rule = rule or config.hierarchy_combination
+    if rule not in HIERARCHY_COMBINATIONS:
+        raise ValueError(f"Unknown hierarchy combination {rule!r}; choose one of {list(HIERARCHY_COMBINATIONS)}.")
+    log_probabilities = [F.log_softmax(h.float(), dim=-1) for h in heads]
+    if rule == "finest":
+        return log_probabilities[-1]
+    table = _ancestor_table(config).to(heads[0].device)
+    if rule == "chain":
+        # log p(a_1) + sum over finer levels of log p_l(a_l) - log(sum of p_l over a_l's siblings and itself)
+        for depth in range(1, len(heads)):
+            within_parent = torch.logsumexp(
+                log_probabilities[depth].unsqueeze(-1)
+                + _parent_matrix(config, depth, torch.float32, heads[0].device).log(), dim=1
+            )  # (batch, n_parents): log of each parent's children's total
+            parents = torch.tensor(config.hierarchy_parents[depth - 1], device=heads[0].device)
+            log_probabilities[depth] = log_probabilities[depth] - within_parent.index_select(1, parents)
+    path_scores = sum(lp.index_select(1, table[:, depth]) for depth, lp in enumerate(log_probabilities))
+    if rule == "geometric":
+        path_scores = path_scores / len(heads)
+    return F.log_softmax(path_scores, dim=-1)  # the chain rule's already sums to 1; renormalising changes nothing
+
+
+def tree_probabilities(
+    config: ViTYogaConfig, logits: torch.Tensor | Sequence[torch.Tensor], rule: str | None = None
+) -> tuple[torch.Tensor, ...]:
+    """One (batch, n_classes) probability tensor per level of ``predicted_levels(config)``, coarsest first: each row
+    sums to 1 and every coarse class's probability is the sum of its children's.
+
+    ``logits``: a one-head model's ``logits`` (its finest level's softmax is marginalised up the tree), or a joint
+    model's ``level_logits`` (its heads combined by ``rule``, default ``config.hierarchy_combination``). A joint
+    model's ``logits`` (the combined finest scores) give the same as its ``level_logits``. Traceable by
+    torch.onnx.export.
+    """
+    finest = _finest_log_probabilities(config, logits, rule).exp()
+    probabilities = [finest]
+    for depth in range(len(predicted_levels(config)) - 1, 0, -1):
+        probabilities.insert(0, probabilities[0] @ _parent_matrix(config, depth, finest.dtype, finest.device))
+    return tuple(probabilities)
+
+
+def most_probable_path(
+    config: ViTYogaConfig, probabilities: Sequence[torch.Tensor]
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """The most probable finest class and its ancestors: ((batch, n_levels) class ids coarsest first, (batch,) the
+    path's probability, which is its finest class's and so at most each of its nodes' marginals)."""
+    finest = probabilities[-1]
+    score, leaf = finest.max(dim=-1)
+    return _ancestor_table(config).to(finest.device)[leaf], score
+
+
+def minimum_risk_path(
+    config: ViTYogaConfig, probabilities: Sequence[torch.Tensor]
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Conditional risk minimisation (Karthik et al., ICLR 2021): the finest class with the lowest expected tree
+    distance to the truth, and its ancestors; shapes as ``most_probable_path``.
+
+    The tree distance of two finest classes is the number of predicted levels minus the number of levels where
+    their ancestors agree (1 = siblings, ..., n_levels = different at the first level), so a class's expected distance
+    is ``n_levels - sum over levels of its ancestor's marginal``: the class that minimises it maximises the sum of its
+    path's marginals.
+    """
+    table = _ancestor_table(config).to(probabilities[-1].device)
+    path_mass = sum(p.index_select(1, table[:, depth]) for depth, p in enumerate(probabilities))
+    leaf = path_mass.argmax(dim=-1)
+    return table[leaf], probabilities[-1].gather(1, leaf.unsqueeze(1)).squeeze(1)
+
+
 class ViTYogaPreTrainedModel(PreTrainedModel):
     config_class = ViTYogaConfig
     config: ViTYogaConfig
@@ -464,16 +591,27 @@ class ViTYogaForImageClassification(ViTYogaPreTrainedModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
+    @torch.no_grad()
+    def tree_probabilities(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Each level of ``predicted_levels(config)``'s class probabilities, coarsest first, tree-consistent: the
+        head's softmax, marginalised up the label tree (see ``tree_probabilities``)."""
+        logits = self(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True).logits
+        return tree_probabilities(self.config, logits)
+
 
 @dataclass
 class HierarchicalClassifierOutput(ModelOutput):
     """Outputs of [`ViTYogaForHierarchicalClassification`].
 
     Args:
-        loss: the sum over levels of each level's cross-entropy, averaged over the examples (when ``labels`` are
-            given).
-        logits: the finest level's logits, so that the image-classification pipeline names the finest classes.
-        level_logits: each level's logits, coarsest first (``config.hierarchy_levels`` order).
+        loss: the sum over levels of each level's cross-entropy (of the raw heads, ``level_logits``), averaged over
+            the examples (when ``labels`` are given).
+        logits: the finest level's scores, so that the image-classification pipeline names the finest classes: the
+            log-probabilities of the heads combined by ``config.hierarchy_combination`` (the finest head's raw
+            logits for "finest"); their softmax is the finest level of ``tree_probabilities``.
+        level_logits: each level's head's raw logits, coarsest first (``config.hierarchy_levels`` order).
         level_losses: each level's mean cross-entropy over the batch, shape (num_levels,), for monitoring.
     """
 
@@ -530,15 +668,30 @@ class ViTYogaForHierarchicalClassification(ViTYogaPreTrainedModel):
             losses = per_example_losses(level_logits, labels, self.config.hierarchy_levels)
             level_losses = torch.stack([level.detach().mean() for level in losses])
             loss = mean_over_examples(torch.stack(losses).sum(dim=0), labels, kwargs.get("num_items_in_batch"))
+        # The combined scores measured better than the finest head alone (README, "Hierarchical predictions"); the
+        # loss stays on the raw heads, so training is unchanged.
+        if self.config.hierarchy_combination == "finest":
+            logits = level_logits[-1]
+        else:
+            logits = _finest_log_probabilities(self.config, level_logits).to(level_logits[-1].dtype)
         output = HierarchicalClassifierOutput(
             loss=loss,
-            logits=level_logits[-1],
+            logits=logits,
             level_logits=level_logits,
             level_losses=level_losses,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def tree_probabilities(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Every level's class probabilities, coarsest first, tree-consistent: the heads combined by
+        ``config.hierarchy_combination`` (see ``tree_probabilities``)."""
+        output = self(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
+        return tree_probabilities(self.config, output.level_logits)
 
 
 def vit_yoga_image_processor(
@@ -567,6 +720,10 @@ ViTYogaForHierarchicalClassification.register_for_auto_class("AutoModelForImageC
 
 __all__ = [
     "HierarchicalClassifierOutput",
+    "minimum_risk_path",
+    "most_probable_path",
+    "predicted_levels",
+    "tree_probabilities",
     "ViTYogaForHierarchicalClassification",
     "ViTYogaForImageClassification",
     "ViTYogaModel",

@@ -24,7 +24,7 @@ from vit_yoga.arguments import parse_arguments
 from vit_yoga.card import write_model_card
 from vit_yoga.data import load_data
 from vit_yoga.evaluation import HierarchicalMetrics, evaluate_split
-from vit_yoga.models import build_model, image_processor
+from vit_yoga.models import SaveHierarchicalPipeline, build_model, image_processor, save_hierarchical_pipeline
 from vit_yoga.outputs import check_output_dir, release_previous_run, resolve_resume, set_aside_previous_run
 from vit_yoga.plots import plot_history
 from vit_yoga.runtime import setup_logging, share_cpu_cores
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 5. Train.
     previous_run = set_aside_previous_run(training_args) if replaces_previous_run else None
     metrics = HierarchicalMetrics(labels.columns, labels.class_names, labels.hierarchy)
-    callbacks = []
+    callbacks = [SaveHierarchicalPipeline()]
     if training_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     parents = labels.hierarchy.get("hierarchy_parents", []) if labels.hierarchical else []
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 7. Write the rest of the model repo: processor, curves, model card.
     if trainer.is_world_process_zero():
         processor.save_pretrained(output_dir)
+        save_hierarchical_pipeline(output_dir)
         if plot_history(trainer.state.log_history, output_dir / "training_curves.png"):
             plots.insert(0, "training_curves.png")
         sizes = {split: len(ds) for split, ds in dataset.items()}

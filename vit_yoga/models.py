@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
+import pipeline_vit_yoga
 from configuration_vit_yoga import VIT_YOGA_PRESETS, ViTYogaConfig
 from modeling_vit_yoga import (
     ViTYogaForHierarchicalClassification,
@@ -17,6 +20,7 @@ from modeling_vit_yoga import (
     vit_yoga_image_processor,
 )
 from yoga_common.errors import UsageError
+from yoga_common.files import atomic_write
 
 from .arguments import DataArguments, ModelArguments
 from .data import Labels
@@ -79,8 +83,42 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, labels: La
             config = ViTYogaConfig.from_preset(model_args.model_preset or "vit-ti16", **label_kwargs, **overrides)
         except (ValueError, TypeError) as error:
             raise UsageError(f"cannot build the model: {error}") from None
-        return model_class(config)
-    return _from_checkpoint(model_args, model_class, labels, label_kwargs, overrides)
+        model = model_class(config)
+    else:
+        model = _from_checkpoint(model_args, model_class, labels, label_kwargs, overrides)
+    # Every config.json the run writes (checkpoints and the final folder) names the hierarchical pipeline;
+    # save_hierarchical_pipeline puts its code beside it.
+    model.config.custom_pipelines = pipeline_vit_yoga.CUSTOM_PIPELINES
+    return model
+
+
+def save_hierarchical_pipeline(output_dir: str | Path) -> None:
+    """Make a saved ViTYoga folder serve ``pipeline("hierarchical-image-classification", model=output_dir,
+    trust_remote_code=True)``: ``pipeline_vit_yoga.py`` beside the model code and config.json's ``custom_pipelines``
+    entry, as transformers' pipeline registry writes them.
+
+    A plain copy of one file: transformers' ``Pipeline.save_pretrained`` does the same but needs the pipeline built
+    and saves the weights again.
+    """
+    folder = Path(output_dir)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{folder} has no config.json; save the model there first (model.save_pretrained).")
+    atomic_write(folder / "pipeline_vit_yoga.py", Path(pipeline_vit_yoga.__file__).read_bytes())
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("custom_pipelines") != pipeline_vit_yoga.CUSTOM_PIPELINES:
+        config["custom_pipelines"] = pipeline_vit_yoga.CUSTOM_PIPELINES
+        atomic_write(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+class SaveHierarchicalPipeline(TrainerCallback):
+    """Puts the hierarchical pipeline into each checkpoint Trainer saves, so that every folder of a run serves it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                save_hierarchical_pipeline(checkpoint)
 
 
 def _from_checkpoint(

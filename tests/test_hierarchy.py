@@ -1,0 +1,263 @@
+"""Tree-consistent predictions: the hierarchy API of modeling_vit_yoga.py and the hierarchical pipeline.
+
+The numbers are the ones probability theory gives: a coarse class's probability is its children's sum, a path is as
+probable as its finest node, and the decoded path of a hand-built output is the one worked out by hand below.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import yoga82
+from configuration_vit_yoga import DEFAULT_HIERARCHY_COMBINATION, HIERARCHY_COMBINATIONS, ViTYogaConfig
+from modeling_vit_yoga import (
+    ViTYogaForHierarchicalClassification,
+    ViTYogaForImageClassification,
+    minimum_risk_path,
+    most_probable_path,
+    predicted_levels,
+    tree_probabilities,
+)
+from pipeline_vit_yoga import describe_tree_prediction
+
+TINY = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64)
+# A three-level toy tree: a0 -> {b0, b1}, a1 -> {b2}; b0 -> {c0}, b1 -> {c1}, b2 -> {c2, c3}.
+TOY_TREE = dict(hierarchy_levels=["a", "b", "c"],
+                hierarchy_class_names=[["a0", "a1"], ["b0", "b1", "b2"], ["c0", "c1", "c2", "c3"]],
+                hierarchy_parents=[[0, 0, 1], [0, 1, 2, 2]])
+
+
+def yoga_config(**overrides) -> ViTYogaConfig:
+    return ViTYogaConfig(**{**TINY, **yoga82.hierarchy(), **overrides})
+
+
+def random_heads(config: ViTYogaConfig, batch: int = 5, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, n, generator=generator) * 3 for n in config.hierarchy_sizes)
+
+
+def children_sums(config: ViTYogaConfig, fine: torch.Tensor, depth: int) -> torch.Tensor:
+    """Each class of level ``depth - 1``'s children's total, by a plain loop over the parent list."""
+    sums = torch.zeros(fine.shape[0], config.hierarchy_sizes[depth - 1], dtype=fine.dtype)
+    for child, parent in enumerate(config.hierarchy_parents[depth - 1]):
+        sums[:, parent] += fine[:, child]
+    return sums
+
+
+# ---------------------------------------------------------------- levels
+
+
+def test_predicted_levels_of_each_kind_of_checkpoint():
+    assert predicted_levels(yoga_config()) == ["label_6", "label_20", "label_82"]  # joint
+    assert predicted_levels(yoga_config(label_level="label_82")) == ["label_6", "label_20", "label_82"]
+    assert predicted_levels(yoga_config(label_level="label_20")) == ["label_6", "label_20"]
+    assert predicted_levels(yoga_config(label_level="label_6")) == ["label_6"]
+    assert predicted_levels(ViTYogaConfig(**TINY, num_labels=10)) == ["label"]
+
+
+# ---------------------------------------------------------------- tree probabilities
+
+
+@pytest.mark.parametrize("rule", HIERARCHY_COMBINATIONS)
+def test_joint_probabilities_sum_to_one_and_each_parent_is_its_childrens_sum(rule):
+    config = yoga_config()
+    probabilities = tree_probabilities(config, random_heads(config), rule=rule)
+    assert [p.shape for p in probabilities] == [(5, 6), (5, 20), (5, 82)]
+    for p in probabilities:
+        torch.testing.assert_close(p.sum(-1), torch.ones(5))
+        assert (p >= 0).all()
+    for depth in (1, 2):
+        torch.testing.assert_close(probabilities[depth - 1], children_sums(config, probabilities[depth], depth))
+
+
+@pytest.mark.parametrize("level, sizes", [("label_82", [6, 20, 82]), ("label_20", [6, 20]), ("label_6", [6])])
+def test_a_one_head_model_gives_its_level_and_those_above(level, sizes):
+    config = yoga_config(label_level=level)
+    logits = torch.randn(4, sizes[-1], generator=torch.Generator().manual_seed(1))
+    probabilities = tree_probabilities(config, logits)
+    assert [p.shape[-1] for p in probabilities] == sizes
+    torch.testing.assert_close(probabilities[-1], logits.softmax(-1))  # its own level: the head's softmax
+    for depth in range(1, len(sizes)):
+        torch.testing.assert_close(probabilities[depth - 1], children_sums(config, probabilities[depth], depth))
+
+
+def test_a_model_without_hierarchy_gives_its_softmax():
+    config = ViTYogaConfig(**TINY, num_labels=7)
+    logits = torch.randn(3, 7)
+    (probabilities,) = tree_probabilities(config, logits)
+    torch.testing.assert_close(probabilities, logits.softmax(-1))
+    path, score = most_probable_path(config, (probabilities,))
+    assert path.shape == (3, 1) and torch.equal(path[:, 0], logits.argmax(-1))
+
+
+def test_wrong_shapes_are_refused_with_the_expected_shape():
+    config = yoga_config()
+    with pytest.raises(ValueError, match=r"\(batch, 82\)"):
+        tree_probabilities(config, torch.randn(2, 20))
+    with pytest.raises(ValueError, match="one per level"):
+        tree_probabilities(config, random_heads(config)[:2])
+    with pytest.raises(ValueError, match="Unknown hierarchy combination"):
+        tree_probabilities(config, random_heads(config), rule="mean")
+
+
+@pytest.mark.parametrize("decide", [most_probable_path, minimum_risk_path])
+def test_a_paths_probability_is_at_most_each_of_its_nodes_marginals(decide):
+    config = yoga_config()
+    probabilities = tree_probabilities(config, random_heads(config, batch=64, seed=3))
+    path, score = decide(config, probabilities)
+    assert path.shape == (64, 3) and score.shape == (64,)
+    for depth in (1, 2):  # each node's parent is the one the tree gives
+        parents = torch.tensor(config.hierarchy_parents[depth - 1])
+        assert torch.equal(parents[path[:, depth]], path[:, depth - 1])
+    for depth, p in enumerate(probabilities):
+        marginal = p.gather(1, path[:, depth : depth + 1]).squeeze(1)
+        assert (score <= marginal + 1e-6).all()
+    torch.testing.assert_close(score, probabilities[-1].gather(1, path[:, -1:]).squeeze(1))
+
+
+# ---------------------------------------------------------------- the combination rules, by hand
+
+
+def toy_heads() -> tuple[torch.Tensor, ...]:
+    """Three heads that disagree: level a says a1 (0.6), level b says b0 (0.5, under a0), level c says c1 (0.45,
+    under b1)."""
+    return tuple(torch.tensor([p]).log() for p in ([0.4, 0.6], [0.5, 0.3, 0.2], [0.1, 0.45, 0.25, 0.2]))
+
+
+# Worked by hand. product: c0 0.4*0.5*0.1 = 0.02, c1 0.4*0.3*0.45 = 0.054, c2 0.6*0.2*0.25 = 0.03,
+# c3 0.6*0.2*0.2 = 0.024; total 0.128. chain (each head renormalised among its siblings): c0 0.4*(0.5/0.8)*1 = 0.25,
+# c1 0.4*(0.3/0.8)*1 = 0.15, c2 0.6*1*(0.25/0.45) = 1/3, c3 0.6*1*(0.2/0.45) = 4/15. finest: the c head alone.
+@pytest.mark.parametrize("rule, leaves, path", [
+    ("product", [0.02 / 0.128, 0.054 / 0.128, 0.03 / 0.128, 0.024 / 0.128], [0, 1, 1]),
+    ("chain", [0.25, 0.15, 1 / 3, 4 / 15], [1, 2, 2]),
+    ("finest", [0.1, 0.45, 0.25, 0.2], [0, 1, 1]),
+    ("geometric", [v ** (1 / 3) / sum(w ** (1 / 3) for w in (0.02, 0.054, 0.03, 0.024))
+                   for v in (0.02, 0.054, 0.03, 0.024)], [0, 1, 1]),
+])
+def test_disagreeing_heads_decode_to_the_path_the_rule_says(rule, leaves, path):
+    config = ViTYogaConfig(**TINY, **TOY_TREE)
+    a, b, c = tree_probabilities(config, toy_heads(), rule=rule)
+    torch.testing.assert_close(c, torch.tensor([leaves]))
+    decided, score = most_probable_path(config, (a, b, c))
+    assert decided.tolist() == [path]
+    assert score.item() == pytest.approx(max(leaves), abs=1e-6)
+    # The product outvotes the coarsest head: a0 carries 0.074 / 0.128 of the mass although the a head says a1.
+    if rule == "product":
+        assert a.tolist()[0] == pytest.approx([0.074 / 0.128, 0.054 / 0.128], abs=1e-6)
+    if rule == "chain":  # the chain rule keeps the coarsest head's probabilities exactly
+        assert a.tolist()[0] == pytest.approx([0.4, 0.6], abs=1e-6)
+
+
+def tree_distance(config: ViTYogaConfig, x: int, y: int) -> int:
+    """Levels below the lowest common ancestor of two finest classes (Bertinetto et al. 2020's LCA height)."""
+    chains = config.ancestors(config.hierarchy_levels[-1])
+    agree = 0
+    while agree < len(chains[x]) and chains[x][agree] == chains[y][agree]:
+        agree += 1
+    return len(chains[x]) - agree
+
+
+def test_conditional_risk_minimisation_picks_the_class_of_least_expected_tree_distance():
+    """Leaves c0 0.4, c1 0, c2 0.32, c3 0.28: c0 is the most probable, but a1's subtree holds 0.6. Expected distances
+    (d = 3 across a0/a1, 2 between c0 and c1, 1 between c2 and c3): c0 0.32*3 + 0.28*3 = 1.8, c1 0.4*2 + 0.6*3 = 2.6,
+    c2 0.4*3 + 0.28*1 = 1.48, c3 0.4*3 + 0.32*1 = 1.52: CRM answers c2 (Karthik et al. 2021)."""
+    config = ViTYogaConfig(**TINY, **TOY_TREE)
+    leaves = torch.tensor([[0.4, 0.0, 0.32, 0.28]])
+    probabilities = tree_probabilities(config, leaves.clamp_min(1e-12).log())
+    risks = [sum(leaves[0, j].item() * tree_distance(config, c, j) for j in range(4)) for c in range(4)]
+    assert risks == pytest.approx([1.8, 2.6, 1.48, 1.52])
+    path, score = minimum_risk_path(config, probabilities)
+    assert path.tolist() == [[1, 2, 2]] and score.item() == pytest.approx(0.32, abs=1e-6)
+    path, score = most_probable_path(config, probabilities)
+    assert path.tolist() == [[0, 0, 0]] and score.item() == pytest.approx(0.4, abs=1e-6)
+
+
+# ---------------------------------------------------------------- the models
+
+
+def test_joint_models_logits_are_the_combined_finest_log_probabilities():
+    torch.manual_seed(0)
+    config = yoga_config()
+    model = ViTYogaForHierarchicalClassification(config).eval()
+    pixels = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        output = model(pixels)
+    combined = tree_probabilities(config, output.level_logits)
+    torch.testing.assert_close(output.logits.softmax(-1), combined[-1])
+    torch.testing.assert_close(output.logits.exp().sum(-1), torch.ones(3))  # log-probabilities, not raw scores
+    for got, expected in zip(tree_probabilities(config, output.logits), combined, strict=True):
+        torch.testing.assert_close(got, expected)  # the plain `logits` give the same tree as the heads
+    for got, expected in zip(model.tree_probabilities(pixels), combined, strict=True):
+        torch.testing.assert_close(got, expected)
+    finest = ViTYogaForHierarchicalClassification(yoga_config(hierarchy_combination="finest")).eval()
+    finest.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        raw = finest(pixels)
+    torch.testing.assert_close(raw.logits, raw.level_logits[-1])  # "finest": the head's own logits, as before
+
+
+def test_one_head_model_tree_probabilities():
+    config = yoga_config(label_level="label_20")
+    model = ViTYogaForImageClassification(config).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    coarse, fine = model.tree_probabilities(pixels)
+    with torch.no_grad():
+        torch.testing.assert_close(fine, model(pixels).logits.softmax(-1))
+    torch.testing.assert_close(coarse, children_sums(config, fine, 1))
+
+
+def test_a_config_json_without_hierarchy_combination_loads_with_the_default(tmp_path):
+    yoga_config(hierarchy_combination="chain").save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["hierarchy_combination"] == "chain"
+    del saved["hierarchy_combination"]  # as config.json files written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert ViTYogaConfig.from_pretrained(tmp_path).hierarchy_combination == DEFAULT_HIERARCHY_COMBINATION
+    with pytest.raises(ValueError, match="hierarchy_combination 'mean' is unknown"):
+        yoga_config(hierarchy_combination="mean")
+
+
+# ---------------------------------------------------------------- what the pipeline answers
+
+
+def test_describe_tree_prediction_gives_the_contracts_format():
+    config = ViTYogaConfig(**TINY, **TOY_TREE)
+    probabilities = tree_probabilities(config, toy_heads(), rule="product")
+    (answer,) = describe_tree_prediction(config, probabilities, top_k=2)
+    assert list(answer) == ["levels", "path", "path_score"]
+    assert list(answer["levels"]) == ["a", "b", "c"]
+    assert [d["label"] for d in answer["levels"]["c"]] == ["c1", "c2"]  # top 2, best first
+    assert len(answer["levels"]["a"]) == 2  # top_k capped at the level's 2 classes
+    assert [(n["level"], n["label"]) for n in answer["path"]] == [("a", "a0"), ("b", "b1"), ("c", "c1")]
+    assert [n["score"] for n in answer["path"]] == pytest.approx([0.074 / 0.128, 0.054 / 0.128, 0.054 / 0.128])
+    assert answer["path_score"] == pytest.approx(0.054 / 0.128)
+    assert all(isinstance(n["score"], float) for n in answer["path"])
+    (risk,) = describe_tree_prediction(config, probabilities, decision="risk")
+    assert [n["label"] for n in risk["path"]] == ["a0", "b1", "c1"]  # the same here: a0 holds most of the mass
+    with pytest.raises(ValueError, match="decision='cheapest' is unknown"):
+        describe_tree_prediction(config, probabilities, decision="cheapest")
+
+
+def test_tree_probabilities_traces_to_onnx(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    config = yoga_config()
+
+    class Decoder(torch.nn.Module):
+        def forward(self, a, b, c):
+            return tree_probabilities(config, (a, b, c))
+
+    heads = random_heads(config, batch=2)
+    path = tmp_path / "tree.onnx"
+    torch.onnx.export(Decoder(), heads, str(path), input_names=["a", "b", "c"], dynamo=False,
+                      dynamic_axes={name: {0: "batch"} for name in "abc"})
+    onnx.checker.check_model(onnx.load(str(path)))
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    other = random_heads(config, batch=3, seed=7)  # another batch size: nothing was frozen at tracing
+    got = session.run(None, {name: h.numpy() for name, h in zip("abc", other, strict=True)})
+    for g, expected in zip(got, tree_probabilities(config, other), strict=True):
+        torch.testing.assert_close(torch.from_numpy(g), expected, atol=1e-6, rtol=1e-5)
