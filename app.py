@@ -104,38 +104,21 @@ def load_classifier(model_ref: str) -> Classifier:
 
 def tree_functions(model: torch.nn.Module, model_ref: str) -> tuple[Any, Any, list[str]]:
     """The checkpoint's own ``tree_probabilities`` (its model code) and ``describe_tree_prediction`` (its shipped
-    ``pipeline_vit_yoga.py``), so the demo answers exactly as the hierarchical pipeline does for that checkpoint. A
-    checkpoint written before the hierarchical pipeline existed gets its one level (a softmax over its logits)."""
+    ``pipeline_vit_yoga.py``), so the demo answers exactly as the hierarchical pipeline does for that checkpoint."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
     from transformers.utils import cached_file
 
     modeling = sys.modules[type(model).__module__]
-    has_pipeline = cached_file(model_ref, "pipeline_vit_yoga.py", _raise_exceptions_for_missing_entries=False)
-    if hasattr(modeling, "tree_probabilities") and has_pipeline:
-        describe = get_class_from_dynamic_module("pipeline_vit_yoga.describe_tree_prediction", model_ref)
-        return modeling.tree_probabilities, describe, list(modeling.predicted_levels(model.config))
-    level = model.config.label_level or "label"
-    return one_level_probabilities, one_level_description, [level]
-
-
-def one_level_probabilities(config: Any, logits: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor]:
-    """For a checkpoint without the tree API: the softmax of its (finest) logits, as pipeline("image-classification")
-    gives."""
-    finest = logits if isinstance(logits, torch.Tensor) else logits[-1]
-    return (finest.float().softmax(dim=-1),)
-
-
-def one_level_description(config: Any, probabilities: Sequence[torch.Tensor], top_k: int = 5) -> list[dict[str, Any]]:
-    """``describe_tree_prediction``'s layout for one level (a checkpoint without the tree API)."""
-    level = config.label_level or "label"
-    (scores,) = probabilities
-    top = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
-    answers = []
-    for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-        classes = [{"label": config.id2label[i], "score": s} for s, i in zip(values, indices, strict=True)]
-        answers.append({"levels": {level: classes}, "path": [{"level": level, **classes[0]}],
-                        "path_score": classes[0]["score"]})
-    return answers
+    if not (hasattr(modeling, "tree_probabilities") and cached_file(
+            model_ref, "pipeline_vit_yoga.py", _raise_exceptions_for_missing_entries=False)):
+        raise DemoUsageError(
+            f"--model {model_ref} predates the hierarchical pipeline (no pipeline_vit_yoga.py, or model code without "
+            "tree_probabilities); retrain it with this version of train.py, or, in a clone of vit-yoga, copy this "
+            "version's configuration_vit_yoga.py and modeling_vit_yoga.py into the folder and run `python -c \"from "
+            f"vit_yoga.models import save_hierarchical_pipeline as s; s('{model_ref}')\"`."
+        )
+    describe = get_class_from_dynamic_module("pipeline_vit_yoga.describe_tree_prediction", model_ref)
+    return modeling.tree_probabilities, describe, list(modeling.predicted_levels(model.config))
 
 
 def attention_rollout(attentions: Sequence[torch.Tensor], residual: float = 0.5) -> torch.Tensor:
@@ -263,17 +246,6 @@ def build_demo(classifier: Classifier, max_megapixels: float = DEFAULT_MAX_MEGAP
     """The page: a photo in; each level's top 5, the path, and the attention map with an opacity slider out."""
     import gradio as gr
 
-    class PhotoInput(gr.Image):
-        """gr.Image that hands the uploaded file to the app undecoded, so that an unreadable photo gets the app's
-        own message on the page (gr.Image would fail inside gradio with a generic error)."""
-
-        is_template = True  # rendered by gr.Image's front end
-
-        def preprocess(self, payload: Any) -> str | None:
-            if payload is None or (payload.url or "").startswith("data:"):
-                return super().preprocess(payload)
-            return payload.path
-
     sizes = {level: len(names) for level, names in zip(classifier.levels, level_names(classifier), strict=True)}
 
     def classify(photo_path: str | None, opacity: float) -> list[Any]:
@@ -300,8 +272,9 @@ def build_demo(classifier: Classifier, max_megapixels: float = DEFAULT_MAX_MEGAP
         gr.Markdown(describe_model(classifier.info), elem_id="model-info")
         with gr.Row():
             with gr.Column():
-                photo = PhotoInput(type="filepath", sources=["upload", "clipboard", "webcam"], label="Photo",
-                                   elem_id="photo")
+                photo = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Photo",
+                                 elem_id="photo")
+                photo.preprocess = undecoded_upload(photo)
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Attention map opacity", elem_id="opacity")
                 examples = sorted(str(p) for p in examples_dir.glob("*.jpg")) if examples_dir.is_dir() else []
                 if examples:
@@ -318,6 +291,20 @@ def build_demo(classifier: Classifier, max_megapixels: float = DEFAULT_MAX_MEGAP
         photo.change(classify, [photo, opacity], [*outputs, path, heatmap, message, state], api_name="classify")
         opacity.release(reblend, [state, opacity], heatmap, api_name="blend")
     return demo
+
+
+def undecoded_upload(component: Any) -> Any:
+    """gr.Image's preprocess, except that an uploaded file reaches the app undecoded, so that an unreadable photo gets
+    the app's own message on the page (gr.Image would fail inside gradio with a generic error). Set on the instance:
+    a gr.Image subclass would make gradio write an ``app.pyi`` beside this file."""
+    original = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        if payload is None or (payload.url or "").startswith("data:"):
+            return original(payload)
+        return payload.path
+
+    return preprocess
 
 
 def level_names(classifier: Classifier) -> list[list[str]]:

@@ -49,8 +49,8 @@ def _keep_torch_threads():
 
 def save_tiny_checkpoint(folder: Path, label_level: str | None = None, seed: int = 0) -> Path:
     """An untrained tiny ViTYoga with Yoga-82's real hierarchy (conv stem, 32 px, 2 layers, 48 wide), saved as train.py
-    saves its output folder (weights, config with auto_map, the model code, the image processor): ``label_level``
-    None -> the joint model (a head per level), else a one-head model of that level."""
+    saves its output folder (weights, config with auto_map, the model code, the image processor, the hierarchical
+    pipeline): ``label_level`` None -> the joint model (a head per level), else a one-head model of that level."""
     import torch
 
     import yoga82
@@ -60,6 +60,7 @@ def save_tiny_checkpoint(folder: Path, label_level: str | None = None, seed: int
         ViTYogaForImageClassification,
         vit_yoga_image_processor,
     )
+    from vit_yoga.models import save_hierarchical_pipeline
 
     hierarchy = yoga82.hierarchy()
     names = hierarchy["hierarchy_class_names"][hierarchy["hierarchy_levels"].index(label_level) if label_level else -1]
@@ -72,6 +73,7 @@ def save_tiny_checkpoint(folder: Path, label_level: str | None = None, seed: int
     model = (ViTYogaForImageClassification if label_level else ViTYogaForHierarchicalClassification)(config)
     model.save_pretrained(folder)
     vit_yoga_image_processor(config).save_pretrained(folder)
+    save_hierarchical_pipeline(folder)
     return folder
 
 

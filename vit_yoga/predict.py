@@ -75,6 +75,7 @@ class TreeClassifier:
     processor: Any
     tree_probabilities: Any
     describe: Any
+    levels: list[str]
     device: torch.device
     bf16: bool
 
@@ -105,41 +106,27 @@ def load_tree_classifier(model_ref: str, device: str = "auto", bf16: bool | None
     except (OSError, ValueError) as error:
         raise UsageError(f"--model {model_ref}: cannot load it ({error}); give a train.py output folder or a Hub "
                          "model id.") from None
-    tree_probabilities, describe = checkpoint_tree_functions(model, model_ref)
-    return TreeClassifier(model, processor, tree_probabilities, describe, target, bf16)
+    tree_probabilities, describe, levels = checkpoint_tree_functions(model, model_ref)
+    return TreeClassifier(model, processor, tree_probabilities, describe, levels, target, bf16)
 
 
-def checkpoint_tree_functions(model: torch.nn.Module, model_ref: str) -> tuple[Any, Any]:
-    """The checkpoint's ``tree_probabilities`` and ``describe_tree_prediction``; for a checkpoint written before
-    them, its one level's softmax."""
+def checkpoint_tree_functions(model: torch.nn.Module, model_ref: str) -> tuple[Any, Any, list[str]]:
+    """The checkpoint's own ``tree_probabilities`` (its model code), ``describe_tree_prediction`` (its shipped
+    ``pipeline_vit_yoga.py``) and ``predicted_levels``."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
     from transformers.utils import cached_file
 
     modeling = sys.modules[type(model).__module__]
-    if hasattr(modeling, "tree_probabilities") and cached_file(
-        model_ref, "pipeline_vit_yoga.py", _raise_exceptions_for_missing_entries=False
-    ):
-        return modeling.tree_probabilities, get_class_from_dynamic_module(
-            "pipeline_vit_yoga.describe_tree_prediction", model_ref)
-    return _one_level_probabilities, _one_level_description
-
-
-def _one_level_probabilities(config: Any, logits: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor]:
-    finest = logits if isinstance(logits, torch.Tensor) else logits[-1]
-    return (finest.float().softmax(dim=-1),)
-
-
-def _one_level_description(config: Any, probabilities: Sequence[torch.Tensor], top_k: int = 5,
-                           decision: str = "probability") -> list[dict[str, Any]]:
-    level = config.label_level or "label"
-    (scores,) = probabilities
-    top = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
-    answers = []
-    for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-        classes = [{"label": config.id2label[i], "score": s} for s, i in zip(values, indices, strict=True)]
-        answers.append({"levels": {level: classes}, "path": [{"level": level, **classes[0]}],
-                        "path_score": classes[0]["score"]})
-    return answers
+    if not (hasattr(modeling, "tree_probabilities") and cached_file(
+            model_ref, "pipeline_vit_yoga.py", _raise_exceptions_for_missing_entries=False)):
+        raise UsageError(
+            f"--model {model_ref} predates the hierarchical pipeline (no pipeline_vit_yoga.py, or model code without "
+            "tree_probabilities); retrain it with this version of train.py, or copy this version's "
+            "configuration_vit_yoga.py and modeling_vit_yoga.py into the folder and run "
+            f"`python -c \"from vit_yoga.models import save_hierarchical_pipeline as s; s('{model_ref}')\"`."
+        )
+    describe = get_class_from_dynamic_module("pipeline_vit_yoga.describe_tree_prediction", model_ref)
+    return modeling.tree_probabilities, describe, list(modeling.predicted_levels(model.config))
 
 
 # ----------------------------------------------------------------------------------------------- the photos
@@ -270,24 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--top_k and --batch_size must be at least 1.")
         files = expand_paths(args.paths)
         classifier = load_tree_classifier(args.model, args.device, bf16=False if args.no_bf16 else None)
-        levels = levels_of(classifier)
         rows = predict_files(classifier, files, batch_size=args.batch_size, num_workers=args.num_workers,
                              top_k=args.top_k, decision=args.decision)
-        counts = write_predictions(rows, args.output, levels, args.top_k)
+        counts = write_predictions(rows, args.output, classifier.levels, args.top_k)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{counts['predicted']} photos predicted, {counts['unreadable']} unreadable (their rows say why): "
           f"{args.output}", file=sys.stderr)
     return 0
-
-
-def levels_of(classifier: TreeClassifier) -> list[str]:
-    """The levels the rows hold, coarsest first (the checkpoint's ``predicted_levels``)."""
-    modeling = sys.modules[type(classifier.model).__module__]
-    if classifier.tree_probabilities is not _one_level_probabilities:
-        return list(modeling.predicted_levels(classifier.model.config))
-    return [classifier.model.config.label_level or "label"]
 
 
 if __name__ == "__main__":
