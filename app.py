@@ -349,7 +349,8 @@ def default_model(runs_dirs: Sequence[Path] | None = None) -> str:
 def write_space(model_ref: str, space_dir: Path, overwrite: bool = False) -> Path:
     """A folder to push as a Hugging Face Space: this app, its requirements, a README with the Space's front matter,
     the examples with their licence, and the model (its files when ``model_ref`` is a folder; its id otherwise)."""
-    import gradio
+    from importlib.metadata import version
+
     from huggingface_hub import SpaceCard, SpaceCardData
 
     try:  # the clone's atomic folder writer; a Space running this file never writes Spaces
@@ -377,7 +378,7 @@ def write_space(model_ref: str, space_dir: Path, overwrite: bool = False) -> Pat
             )
             data = SpaceCardData(
                 title=f"vit-yoga: {Path(model_ref).name if local else model_ref}", emoji="🧘", colorFrom="indigo",
-                colorTo="green", sdk="gradio", sdk_version=gradio.__version__, app_file="app.py", pinned=False,
+                colorTo="green", sdk="gradio", sdk_version=version("gradio"), app_file="app.py", pinned=False,
                 license="apache-2.0", models=None if local else [model_ref], short_description="Yoga-82 poses: "
                 "three levels, the path, and where the model looks",
             )
