@@ -232,6 +232,26 @@ def test_the_onnx_runner_answers_as_the_hierarchical_pipeline(kind, tmp_path, ph
     assert labels_of(single) == labels_of(classify(files[0], top_k=2))
 
 
+def test_predict_with_onnx_writes_the_rows_predict_with_the_checkpoint_writes(tmp_path, photos):
+    from vit_yoga import predict
+
+    checkpoint = save_checkpoint(tmp_path / "model-predict", "joint")
+    export_onnx(checkpoint, tmp_path / "onnx", check_images=[photos], quantize="dynamic", int8_min_agreement=0.0)
+    rows = {}
+    for backend, flags in {"torch": ["--model", str(checkpoint)], "onnx": ["--onnx", str(tmp_path / "onnx")],
+                           "int8": ["--onnx", str(tmp_path / "onnx"), "--int8"]}.items():
+        output = tmp_path / f"{backend}.jsonl"
+        assert predict.main([str(photos), *flags, "--output", str(output), "--num_workers", "0", "--top_k", "3",
+                             "--batch_size", "4"]) == 0
+        rows[backend] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows["onnx"]) == len(rows["torch"]) == 6
+    for got, expected in zip(rows["onnx"], rows["torch"], strict=True):
+        assert got["file"] == expected["file"] and labels_of(got) == labels_of(expected)
+        assert scores_of(got) == pytest.approx(scores_of(expected), abs=1e-4)
+    assert [row["file"] for row in rows["int8"]] == [row["file"] for row in rows["torch"]]
+    assert predict.main([str(photos), "--model", str(checkpoint), "--onnx", str(tmp_path / "onnx")]) == 2
+
+
 def labels_of(answer: dict) -> list:
     return [[c["label"] for c in classes] for classes in answer["levels"].values()] + [
         [node["label"] for node in answer["path"]]]

@@ -47,6 +47,7 @@ class OnnxHierarchicalClassifier:
         except (OSError, ValueError) as error:
             raise UsageError(f"--onnx {self.folder}: {error}") from None
         self.session = ort_session(model_file, threads)
+        self.device = torch.device("cpu")  # where run_model's inputs are expected (predict pins memory for a GPU)
         outputs = [output.name for output in self.session.get_outputs()]
         self.probability_outputs = [name for name in outputs if name.startswith("probabilities_")]
         if not self.probability_outputs:
@@ -55,16 +56,31 @@ class OnnxHierarchicalClassifier:
                 "existed); export the checkpoint again with python -m vit_yoga.export."
             )
 
-    def probabilities(self, pixel_values: np.ndarray) -> list[np.ndarray]:
-        """The graph's tree-consistent probabilities, one (batch, classes) array per level, coarsest first."""
-        return self.session.run(self.probability_outputs, {INPUT_NAME: pixel_values.astype(np.float32)})
+    @property
+    def levels(self) -> list[str]:
+        """The levels the probabilities cover, coarsest first (``predicted_levels`` of the checkpoint)."""
+        return [name.removeprefix("probabilities_") for name in self.probability_outputs]
+
+    @staticmethod
+    def describe(config: Any, probabilities: Sequence[torch.Tensor], top_k: int = 5,
+                 decision: str = "probability") -> list[dict[str, Any]]:
+        """``describe_tree_prediction``: the one function every front end builds its answers with."""
+        from pipeline_vit_yoga import describe_tree_prediction
+
+        return describe_tree_prediction(config, probabilities, top_k=top_k, decision=decision)
+
+    def run_model(self, pixel_values: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Each level's tree-consistent probabilities for a batch, coarsest first, computed by the graph (the same
+        contract as predict's and the demo's PyTorch ``run_model``)."""
+        pixels = pixel_values.numpy() if isinstance(pixel_values, torch.Tensor) else pixel_values
+        outputs = self.session.run(self.probability_outputs, {INPUT_NAME: np.ascontiguousarray(pixels, np.float32)})
+        return tuple(torch.from_numpy(output) for output in outputs)
 
     def __call__(
         self, images: Any, top_k: int = 5, decision: str = "probability", batch_size: int = 32
     ) -> dict[str, Any] | list[dict[str, Any]]:
+        """What ``pipeline("hierarchical-image-classification")`` answers: a dict for one image, a list for a list."""
         from transformers.image_utils import load_image
-
-        from pipeline_vit_yoga import describe_tree_prediction
 
         single = not isinstance(images, Sequence) or isinstance(images, str)
         batch = [images] if single else list(images)
@@ -72,6 +88,5 @@ class OnnxHierarchicalClassifier:
         for start in range(0, len(batch), batch_size):
             photos = [load_image(image) for image in batch[start:start + batch_size]]
             pixels = self.processor(images=photos, return_tensors="np")["pixel_values"]
-            probabilities = [torch.from_numpy(p) for p in self.probabilities(pixels)]
-            answers += describe_tree_prediction(self.config, probabilities, top_k=top_k, decision=decision)
+            answers += self.describe(self.config, self.run_model(pixels), top_k=top_k, decision=decision)
         return answers[0] if single else answers

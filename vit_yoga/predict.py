@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -29,6 +29,9 @@ from tqdm.auto import tqdm
 
 from yoga_common.errors import UsageError
 from yoga_common.files import atomic_file
+
+if TYPE_CHECKING:
+    from .onnx_runtime import OnnxHierarchicalClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,10 @@ class TreeClassifier:
     levels: list[str]
     device: torch.device
     bf16: bool
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
 
     @torch.inference_mode()
     def run_model(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -161,8 +168,8 @@ def collate_photos(items: list[tuple[int, torch.Tensor | None, str | None]]) -> 
 
 
 def predict_files(
-    classifier: TreeClassifier, files: Sequence[Path], *, batch_size: int = 32, num_workers: int | None = None,
-    top_k: int = 5, decision: str = "probability", progress: bool = True,
+    classifier: TreeClassifier | OnnxHierarchicalClassifier, files: Sequence[Path], *, batch_size: int = 32,
+    num_workers: int | None = None, top_k: int = 5, decision: str = "probability", progress: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """One row per file, in the order given: ``{"file", "error", "levels", "path", "path_score"}`` (the last three
     from ``describe_tree_prediction``; ``error`` is None or why the file could not be read)."""
@@ -177,7 +184,7 @@ def predict_files(
             }
             if batch["pixel_values"] is not None:
                 probabilities = classifier.run_model(batch["pixel_values"])
-                answers = classifier.describe(classifier.model.config, probabilities, top_k=top_k, decision=decision)
+                answers = classifier.describe(classifier.config, probabilities, top_k=top_k, decision=decision)
                 for i, answer in zip(batch["indices"], answers, strict=True):
                     rows[i] = {"file": str(files[i]), "error": None, **answer}
             for i in sorted(rows):
@@ -236,7 +243,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vit_yoga.predict", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("paths", nargs="+", help="photo files, folders (searched recursively) and glob patterns")
-    parser.add_argument("--model", required=True, help="a train.py output folder or a Hub model id")
+    parser.add_argument("--model", help="a train.py output folder or a Hub model id")
+    parser.add_argument("--onnx", metavar="DIR", help="instead of --model: a folder python -m vit_yoga.export wrote "
+                        "(ONNX Runtime on the CPU; the same answers, see the README's Deploy)")
+    parser.add_argument("--int8", action="store_true", help="with --onnx: run its model_int8.onnx")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="a .csv or .jsonl file")
     parser.add_argument("--top_k", type=int, default=5, help="classes listed per level")
     parser.add_argument("--decision", choices=("probability", "risk"), default="probability",
@@ -255,8 +265,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--output {args.output}: write a .csv or a .jsonl file.")
         if args.top_k < 1 or args.batch_size < 1:
             raise UsageError("--top_k and --batch_size must be at least 1.")
+        if bool(args.model) == bool(args.onnx):
+            raise UsageError("give --model (a checkpoint) or --onnx (an exported folder), one of them.")
         files = expand_paths(args.paths)
-        classifier = load_tree_classifier(args.model, args.device, bf16=False if args.no_bf16 else None)
+        if args.onnx:
+            from .onnx_runtime import OnnxHierarchicalClassifier
+
+            classifier = OnnxHierarchicalClassifier(args.onnx, int8=args.int8)
+        else:
+            classifier = load_tree_classifier(args.model, args.device, bf16=False if args.no_bf16 else None)
         rows = predict_files(classifier, files, batch_size=args.batch_size, num_workers=args.num_workers,
                              top_k=args.top_k, decision=args.decision)
         counts = write_predictions(rows, args.output, classifier.levels, args.top_k)
