@@ -45,3 +45,39 @@ def _keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def save_tiny_checkpoint(folder: Path, label_level: str | None = None, seed: int = 0) -> Path:
+    """An untrained tiny ViTYoga with Yoga-82's real hierarchy (conv stem, 32 px, 2 layers, 48 wide), saved as train.py
+    saves its output folder (weights, config with auto_map, the model code, the image processor, the hierarchical
+    pipeline): ``label_level`` None -> the joint model (a head per level), else a one-head model of that level."""
+    import torch
+
+    import yoga82
+    from configuration_vit_yoga import ViTYogaConfig
+    from modeling_vit_yoga import (
+        ViTYogaForHierarchicalClassification,
+        ViTYogaForImageClassification,
+        vit_yoga_image_processor,
+    )
+    from vit_yoga.models import save_hierarchical_pipeline
+
+    hierarchy = yoga82.hierarchy()
+    names = hierarchy["hierarchy_class_names"][hierarchy["hierarchy_levels"].index(label_level) if label_level else -1]
+    config = ViTYogaConfig.from_preset(
+        "vit-pico", **hierarchy, label_level=label_level, image_size=32, hidden_size=48, num_hidden_layers=2,
+        intermediate_size=96, patch_embedding_type="conv_stem", id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+    torch.manual_seed(seed)
+    model = (ViTYogaForImageClassification if label_level else ViTYogaForHierarchicalClassification)(config)
+    model.save_pretrained(folder)
+    vit_yoga_image_processor(config).save_pretrained(folder)
+    save_hierarchical_pipeline(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The joint tiny checkpoint (every level), untrained: enough for the user-side tools' tests."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "joint")

@@ -1,0 +1,216 @@
+"""CPU inference, side by side in one process: PyTorch eager, torch.compile, ONNX Runtime fp32 and int8.
+
+Each model is exported exactly as ``python -m vit_yoga.export`` exports it (the same wrapper, exporter and opset;
+the int8 model by the same dynamic quantisation), and transformers' ``ViTForImageClassification`` of the same size
+goes through the same exporter as the peer. For each model and batch size the backends are timed in interleaved
+rounds (the order rotates every round), so that a noisy machine slows all of them alike; each time is the median
+over rounds and each ratio (backend / PyTorch eager, as a speed-up) the median of the per-round ratios.
+
+    python benchmarks/bench_inference.py                                  # every model, batch 1 and 32
+    python benchmarks/bench_inference.py --models vit-ti16-sdpa --batch_sizes 1 --rounds 3 --json runs/bench.json
+
+Models: ``vit-ti16-sdpa``, ``vit-ti16-eager`` (ViT-Ti/16 at 224 px, 82 classes, standard patch embedding),
+``vit-ti16-conv_stem`` (sdpa), ``vit-pico`` (64 px, conv stem: what train.py trains on the synthetic poses) and
+``hf-vit-ti16`` (transformers' ViT, sdpa). Random weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from configuration_vit_yoga import ViTYogaConfig  # noqa: E402
+from modeling_vit_yoga import ViTYogaForImageClassification  # noqa: E402
+from vit_yoga.export import (  # noqa: E402
+    DEFAULT_OPSET,
+    ExportableClassifier,
+    OutputSpec,
+    export_graph,
+    quantize_dynamic_int8,
+)
+
+MODELS = ("vit-ti16-sdpa", "vit-ti16-eager", "vit-ti16-conv_stem", "vit-pico", "hf-vit-ti16")
+BACKENDS = ("eager", "compile", "ort-fp32", "ort-int8")
+NUM_LABELS = 82
+
+
+class LogitsOnly(nn.Module):
+    """transformers' ViT as a function of pixel_values returning its logits (what the peer's export outputs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = OutputSpec()
+        self.spec.add("logits", "label", "logits")
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model(pixel_values=pixel_values, return_dict=True).logits,)
+
+
+def build(name: str) -> nn.Module:
+    """The model ``name`` as the wrapper the export traces (ours with its probabilities output)."""
+    torch.manual_seed(0)
+    if name == "hf-vit-ti16":
+        from transformers import ViTForImageClassification
+
+        from vit_yoga.convert import vit_config_from
+
+        config = vit_config_from(ViTYogaConfig.from_preset("vit-ti16"), num_labels=NUM_LABELS,
+                                 attn_implementation="sdpa")
+        return LogitsOnly(ViTForImageClassification(config).eval()).eval()
+    preset, variant = ("vit-pico", "conv_stem") if name == "vit-pico" else name.rsplit("-", 1)
+    attn = variant if variant in ("eager", "sdpa") else "sdpa"
+    stem = "conv_stem" if variant == "conv_stem" else "standard"
+    config = ViTYogaConfig.from_preset(preset, num_labels=NUM_LABELS, patch_embedding_type=stem,
+                                       attn_implementation=attn)
+    return ExportableClassifier(ViTYogaForImageClassification(config).eval()).eval()
+
+
+def ort_runner(path: Path, threads: int, names: list[str]) -> Callable[[np.ndarray], Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda pixels: session.run(names, {"pixel_values": pixels})
+
+
+def time_call(call: Callable[[], Any], min_seconds: float) -> float:
+    """Seconds per call: repeated until ``min_seconds`` have passed (at least once)."""
+    count, started = 0, time.perf_counter()
+    while True:
+        call()
+        count += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds:
+            return elapsed / count
+
+
+def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    wrapper = build(name)
+    image_size = 64 if name == "vit-pico" else 224
+    example = torch.randn(2, 3, image_size, image_size)
+    fp32, int8 = workdir / f"{name}.onnx", workdir / f"{name}_int8.onnx"
+    started = time.perf_counter()
+    export_graph(wrapper, fp32, example, DEFAULT_OPSET, args.exporter)
+    quantize_dynamic_int8(fp32, int8)
+    print(f"{name}: exported in {time.perf_counter() - started:.1f} s ({fp32.stat().st_size / 2**20:.1f} MB fp32, "
+          f"{int8.stat().st_size / 2**20:.1f} MB int8)", flush=True)
+    names = wrapper.spec.names
+    runners: dict[str, Callable[[torch.Tensor, np.ndarray], Any]] = {}
+    if "eager" in args.backends:
+        runners["eager"] = lambda x, _: wrapper(x)
+    if "compile" in args.backends:
+        compiled = torch.compile(wrapper)
+        runners["compile"] = lambda x, _: compiled(x)
+    if "ort-fp32" in args.backends:
+        run_fp32 = ort_runner(fp32, args.threads, names)
+        runners["ort-fp32"] = lambda _, pixels: run_fp32(pixels)
+    if "ort-int8" in args.backends:
+        run_int8 = ort_runner(int8, args.threads, names)
+        runners["ort-int8"] = lambda _, pixels: run_int8(pixels)
+
+    rows = []
+    for batch in args.batch_sizes:
+        x = torch.randn(batch, 3, image_size, image_size)
+        pixels = x.numpy()
+        with torch.inference_mode():
+            for backend, run in runners.items():  # warm-up (and torch.compile's compilation for this shape)
+                started = time.perf_counter()
+                run(x, pixels)
+                if backend == "compile":
+                    print(f"  compiled for batch {batch} in {time.perf_counter() - started:.0f} s", flush=True)
+                run(x, pixels)
+            times: dict[str, list[float]] = {backend: [] for backend in runners}
+            order = list(runners)
+            for round_index in range(args.rounds):
+                shift = round_index % len(order)
+                for backend in order[shift:] + order[:shift]:
+                    call = lambda run=runners[backend], x=x, pixels=pixels: run(x, pixels)
+                    times[backend].append(time_call(call, args.min_seconds))
+        for backend, seconds in times.items():
+            ratio = (statistics.median(e / s for e, s in zip(times["eager"], seconds, strict=True))
+                     if "eager" in times else None)
+            rows.append({"model": name, "batch": batch, "backend": backend,
+                         "images_per_second": batch / statistics.median(seconds), "speedup_vs_eager": ratio})
+        line = ", ".join(f"{r['backend']} {r['images_per_second']:.1f} img/s"
+                         + (f" ({r['speedup_vs_eager']:.2f}x)" if r["speedup_vs_eager"] else "")
+                         for r in rows if r["batch"] == batch)
+        print(f"  batch {batch}: {line}", flush=True)
+    for row in rows:
+        row["megabytes"] = {"ort-fp32": fp32.stat().st_size / 2**20, "ort-int8": int8.stat().st_size / 2**20}.get(
+            row["backend"])
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per model and batch")
+    parser.add_argument("--min_seconds", type=float, default=0.5, help="time each backend at least this long a round")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="threads for PyTorch and ONNX Runtime alike (default 2: the issue's machine). On a "
+                        "machine whose cores other processes also load, use 1: PyTorch's OpenMP threads then wait "
+                        "for each other (vit-pico fell from 108 to 1.7 img/s at load 12 on 2 cores), which would "
+                        "measure the load, not the backends")
+    parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows and the machine here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or any(b < 1 for b in args.batch_sizes) or args.threads < 1:
+        parser.error("--rounds, --batch_sizes and --threads must be positive")
+    if "eager" not in args.backends:
+        parser.error("the ratios are against PyTorch eager: keep 'eager' in --backends")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import onnxruntime
+
+    torch.set_num_threads(args.threads)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
+               "load_average": os.getloadavg(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+               "exporter": args.exporter, "opset": DEFAULT_OPSET, "date": datetime.now(timezone.utc).isoformat()}
+    print(f"threads {args.threads}, load average {machine['load_average']}, torch {torch.__version__}, "
+          f"onnxruntime {onnxruntime.__version__}", flush=True)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_inference_") as workdir:
+        for name in args.models:
+            rows += bench_model(name, args, Path(workdir))
+    machine["load_average_after"] = os.getloadavg()
+    print("\n| model | batch | " + " | ".join(args.backends) + " |")
+    print("|---|---|" + "---|" * len(args.backends))
+    for name in args.models:
+        for batch in args.batch_sizes:
+            cells = {r["backend"]: r for r in rows if r["model"] == name and r["batch"] == batch}
+            print(f"| {name} | {batch} | " + " | ".join(
+                f"{cells[b]['images_per_second']:.1f} img/s ({cells[b]['speedup_vs_eager']:.2f}x)" for b in
+                args.backends if b in cells) + " |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
