@@ -37,17 +37,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: a mistake a user can fix is one ``error:`` line and exit status 2, here and only here."""
     args = parse_args(argv)
+    try:
+        return convert(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def convert(args: argparse.Namespace) -> int:
     output_dir: Path = args.output_dir
     if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
-        print(f"error: {output_dir} exists and is not empty; pass --overwrite_output_dir or pick another folder.",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"{output_dir} exists and is not empty; pass --overwrite_output_dir or pick another folder.")
     try:
         reference, converted, (mean, std) = load_source(args.source, args.num_attention_heads)
-    except (UsageError, ValueError, OSError) as error:
-        print(f"error: cannot convert {args.source}: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as error:  # UsageError included: the source named is the problem
+        raise UsageError(f"cannot convert {args.source}: {error}") from error
     if reference is not None:
         difference = max_abs_difference(reference, converted)
         print(f"max |ViTYoga - source| on a random batch: {difference:.3g}")

@@ -285,6 +285,19 @@ def test_bad_flags_fail_before_training(poses, tmp_path, extra, message, capsys)
         train_main(tiny_args(poses, tmp_path / "out", *extra))
 
 
+def test_help_lists_the_model_presets(capsys, monkeypatch):
+    from configuration_vit_yoga import VIT_YOGA_PRESETS
+    from vit_yoga.arguments import parse_arguments
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag: argparse wraps help text at hyphens too
+    with pytest.raises(SystemExit) as exit_info:
+        parse_arguments(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--model_preset MODEL_PRESET, --model-preset MODEL_PRESET Model size: one of {sorted(VIT_YOGA_PRESETS)}" \
+        in text
+
+
 def test_resuming_another_folders_checkpoint_into_a_used_folder_is_refused(poses, tmp_path):
     """--output_dir B --resume_from_checkpoint A/checkpoint-N would mix A's continuation with B's run: refused like
     any other used folder, before any work, and B is left as it was."""

@@ -190,6 +190,7 @@ def pixels(folder: Path) -> dict[str, list[tuple[str, bytes, int]]]:
     }
 
 
+@pytest.mark.slow  # end to end: several whole data sets drawn and written
 def test_synthetic_is_deterministic_fast_and_has_the_real_hierarchy(tmp_path):
     first = generate_synthetic(tmp_path / "a", images_per_class=4, image_size=32, seed=3, progress=False)
     second = generate_synthetic(tmp_path / "b", images_per_class=4, image_size=32, seed=3, progress=False)
@@ -232,6 +233,7 @@ def test_synthetic_poses_share_structure_with_their_parents_and_differ_from_thei
     assert all(160 <= torso <= 200 for torso in torso_by_position[4])  # reclining: lying
 
 
+@pytest.mark.slow  # end to end: several whole data sets drawn and written
 def test_synthetic_writes_atomically_and_reuses_a_complete_folder(tmp_path, monkeypatch):
     import yoga82.export
 

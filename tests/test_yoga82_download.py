@@ -434,7 +434,7 @@ def test_second_download_is_refused_and_ctrl_c_stops_one_at_once(server, tmp_pat
     finally:
         running.kill()
     assert running.returncode == 130 and "rerun the same command to resume" in stderr
-    assert elapsed < 0.5, f"Ctrl-C took {elapsed:.2f} s"  # the README's bound (measured: 5-70 ms on 2 busy cores)
+    assert elapsed < 0.5, f"Ctrl-C took {elapsed:.2f} s"  # the README's bound (benchmarks/bench_ctrl_c.py: ~30 ms)
     assert hidden_files(images) == []
     assert len(list(images.rglob("*.jpg"))) == len(GOOD)
 

@@ -16,7 +16,8 @@ One implementation, used by every tool of the project that writes to disk:
 Temporary names are ``.<final name>.<8 hex digits>.part``: hidden, never taken for output, and recognisable, so that
 cleaning up removes only what this module created. Temporary folders are held locked (``flock``) while in use; one
 found unlocked belongs to a dead process and is removed by the next ``staged_folder`` or ``temporary_folder_beside``
-beside the same path (a folder takes its ``.part`` name only once locked, see ``_new_locked_folder``). Standard library only: the data tools, the converter and the training script all use it.
+beside the same path (a folder takes its ``.part`` name only once locked, see ``_new_locked_folder``). Standard
+library only: the data tools, the converter and the training script all use it.
 """
 
 from __future__ import annotations
