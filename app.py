@@ -99,7 +99,7 @@ def load_classifier(model_ref: str) -> Classifier:
         ) from None
     tree_probabilities, describe, levels = tree_functions(model, model_ref)
     return Classifier(model, processor, model_ref.rstrip("/"), levels, tree_probabilities, describe,
-                      model_info(model, model_ref))
+                      model_info(model, model_ref, levels))
 
 
 def tree_functions(model: torch.nn.Module, model_ref: str) -> tuple[Any, Any, list[str]]:
@@ -138,7 +138,7 @@ def attention_rollout(attentions: Sequence[torch.Tensor], residual: float = 0.5)
     return rollout[:, 0, 1:]
 
 
-def model_info(model: torch.nn.Module, model_ref: str) -> dict[str, Any]:
+def model_info(model: torch.nn.Module, model_ref: str, levels: Sequence[str]) -> dict[str, Any]:
     """What a person should know about the model they try: its name, size, and the accuracy its run reported."""
     from transformers.utils import cached_file
 
@@ -149,6 +149,7 @@ def model_info(model: torch.nn.Module, model_ref: str) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
         "image_size": config.image_size, "patch_size": config.patch_size, "layers": config.num_hidden_layers,
         "hidden_size": config.hidden_size, "stem": getattr(config, "patch_embedding_type", "standard"),
+        "levels": list(levels), "label_level": config.label_level,
     }
     for name in ("test_results.json", "all_results.json", "eval_results.json"):
         path = cached_file(model_ref, name, _raise_exceptions_for_missing_entries=False,
@@ -172,12 +173,14 @@ def describe_model(info: dict[str, Any]) -> str:
     text = (f"**Model:** `{info['name']}` ({info['architecture']}, {size}; {info['image_size']} px, patch "
             f"{info['patch_size']}, {info['layers']} layers x {info['hidden_size']}{stem}).")
     accuracy = info.get("accuracy") or {}
-    top1 = {k: v for k, v in accuracy.items() if "top5" not in k and "implied" not in k}
+    # A joint model reports each level's top-1 (label_6_accuracy, ...); a one-head model its own level's (accuracy).
+    top1 = {level: accuracy[f"{level}_accuracy"] for level in info["levels"] if f"{level}_accuracy" in accuracy}
+    if not top1 and "accuracy" in accuracy:
+        top1 = {info["label_level"] or "top-1": accuracy["accuracy"]}
     if top1:
         where = "test set" if info.get("split") == "test" else "validation set"
-        parts = [f"{name.removesuffix('_accuracy').removesuffix('accuracy') or 'top-1'} {value:.1%}"
-                 for name, value in sorted(top1.items())]
-        text += f" Reported top-1 accuracy on its {where}: " + ", ".join(p.replace("_ ", " ") for p in parts) + "."
+        text += f" Top-1 accuracy its run reported on the {where}: " + ", ".join(
+            f"{level} {value:.1%}" for level, value in top1.items()) + "."
     else:
         text += " No accuracy reported with this checkpoint (an untrained or unevaluated model)."
     return text

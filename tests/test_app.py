@@ -137,11 +137,12 @@ def test_unreadable_photos_get_a_message(tmp_path):
 def test_model_info_reports_the_runs_accuracy(tmp_path, tiny_checkpoint, classifier):
     assert "No accuracy reported" in app["describe_model"](classifier.info)
     folder = shutil.copytree(tiny_checkpoint, tmp_path / "run")
-    (folder / "test_results.json").write_text(json.dumps({
-        "test_accuracy": 0.755, "test_top5_accuracy": 0.99, "test_label_6_accuracy": 0.9, "test_loss": 1.0}))
-    model = app["load_classifier"](str(folder))
-    text = app["describe_model"](model.info)
-    assert "75.5%" in text and "90.0%" in text and "test set" in text and "60 k parameters" in text
+    (folder / "test_results.json").write_text(json.dumps({  # as train.py writes a joint model's
+        "test_accuracy": 0.755, "test_label_20_accuracy": 0.8, "test_label_20_top5_accuracy": 0.97,
+        "test_label_6_accuracy": 0.9, "test_label_82_accuracy": 0.755, "test_label_82_implied_label_6_accuracy": 0.88,
+        "test_loss": 1.0, "test_per_level": {"label_6": {"accuracy": 0.9}}}))
+    text = app["describe_model"](app["load_classifier"](str(folder)).info)
+    assert "test set: label_6 90.0%, label_20 80.0%, label_82 75.5%." in text and "60 k parameters" in text
 
 
 # ----------------------------------------------------------------------------------------- choosing a model
