@@ -125,17 +125,19 @@ def attention_rollout(attentions: Sequence[torch.Tensor], residual: float = 0.5)
     """Attention rollout (Abnar & Zuidema, ACL 2020): how much each patch feeds the class token through all layers.
 
     Each layer's attention, averaged over heads, is mixed with the identity for the residual connection
-    (``residual * I + (1 - residual) * A``, rows renormalised) and the layers are multiplied, first to last. Returns
-    (batch, patches): the class token's row without itself. Written here because no library computes it for a model
-    of its own (a few lines of tensor algebra over the eager attention maps the forward already returned).
+    (``residual * I + (1 - residual) * A``, rows renormalised); the rollout is their product, last layer first to
+    first layer last, and its class-token row is returned without the class token itself: (batch, patches). Only
+    that row is needed, so it is carried as a vector through the layers (tokens^2 work per layer, not tokens^3).
+    Written here because no library computes it for a model of its own: a few lines over the eager attention maps
+    the forward already returned.
     """
-    rollout = None
-    for layer in attentions:
+    row = None
+    for layer in reversed(attentions):
         mixed = layer.float().mean(dim=1)  # (batch, tokens, tokens)
         mixed = residual * torch.eye(mixed.shape[-1]) + (1 - residual) * mixed
         mixed = mixed / mixed.sum(dim=-1, keepdim=True)
-        rollout = mixed if rollout is None else mixed @ rollout
-    return rollout[:, 0, 1:]
+        row = mixed[:, 0] if row is None else (row.unsqueeze(1) @ mixed).squeeze(1)
+    return row[:, 1:]
 
 
 def model_info(model: torch.nn.Module, model_ref: str, levels: Sequence[str]) -> dict[str, Any]:

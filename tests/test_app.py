@@ -367,3 +367,18 @@ def test_api_through_gradio_client(served_app, tmp_path):
     bad, words = bad_photos(tmp_path)["truncated"]
     *_, message = client.predict(gradio_client.handle_file(str(bad)), 0.5, api_name="/classify")
     assert words in message
+
+
+@pytest.mark.slow
+def test_bench_demo_smoke(tmp_path):
+    """benchmarks/bench_demo.py at its tiniest: the in-process ways and the whole request through gradio_client."""
+    pytest.importorskip("gradio_client")
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import bench_demo
+
+    out = tmp_path / "bench.json"
+    assert bench_demo.main(["--presets", "vit-pico", "--photos", "2", "--rounds", "1", "--threads", "1",
+                            "--photo_dir", str(PROJECT_ROOT / "examples"), "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())["models"]["vit-pico"]
+    assert len(numbers["milliseconds"]) == 5 and all(ms > 0 for ms in numbers["milliseconds"].values())
+    assert "attention_map_extra_over_request" in numbers
