@@ -95,7 +95,9 @@ def answer_and_overlay(app: dict[str, Any], classifier: Any, file: Path) -> Any:
     return prediction, app["overlay"](photo, heat, 0.5)
 
 
-def through_gradio_client(checkpoint: Path, files: list[Path], rounds: int, threads: int) -> float:
+def through_gradio_client(checkpoint: Path, files: list[Path], rounds: int, threads: int) -> tuple[float, float]:
+    """Median milliseconds of the whole request per photo, and of a request that does nothing (the page's opacity
+    event with no photo: gradio's own protocol cost, the floor under any answer)."""
     from gradio_client import Client, handle_file
 
     with socket.socket() as probe:
@@ -120,8 +122,12 @@ def through_gradio_client(checkpoint: Path, files: list[Path], rounds: int, thre
         def request(file: Path) -> Any:
             return client.predict(handle_file(str(file)), 0.5, api_name="/classify")
 
+        def nothing(_: Any) -> Any:
+            return client.predict(0.5, api_name="/blend")
+
         median_ms(request, files[:2])
-        return statistics.median(t for _ in range(rounds) for t in median_ms(request, files))
+        whole = statistics.median(t for _ in range(rounds) for t in median_ms(request, files))
+        return whole, statistics.median(median_ms(nothing, files))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -141,8 +147,8 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         checkpoint = make_checkpoint(preset, scratch / preset)
         load_before = os.getloadavg()[0]
         ms, cpu_ms = in_process(app, checkpoint, files, args.rounds)
-        ms["whole request through gradio_client"] = through_gradio_client(checkpoint, files, args.rounds,
-                                                                           args.threads)
+        ms["whole request through gradio_client"], ms["a request that does nothing (gradio's floor)"] = \
+            through_gradio_client(checkpoint, files, args.rounds, args.threads)
         alone, with_maps = ms["model alone (sdpa, tree probabilities)"], \
             ms["model + attention maps + rollout (one eager forward)"]
         report["models"][preset] = {

@@ -380,5 +380,5 @@ def test_bench_demo_smoke(tmp_path):
     assert bench_demo.main(["--presets", "vit-pico", "--photos", "2", "--rounds", "1", "--threads", "1",
                             "--photo_dir", str(PROJECT_ROOT / "examples"), "--json", str(out)]) == 0
     numbers = json.loads(out.read_text())["models"]["vit-pico"]
-    assert len(numbers["milliseconds"]) == 5 and all(ms > 0 for ms in numbers["milliseconds"].values())
+    assert len(numbers["milliseconds"]) == 6 and all(ms > 0 for ms in numbers["milliseconds"].values())
     assert "attention_map_extra_over_request" in numbers
