@@ -204,8 +204,7 @@ def test_app_imports_nothing_from_the_project_at_module_level():
     """A Space has app.py and the checkpoint only: app.py's imports are the libraries (yoga_common only inside
     write_space, which runs from a clone)."""
     tree = ast.parse((PROJECT_ROOT / "app.py").read_text())
-    allowed = {"argparse", "json", "os", "shutil", "sys", "time", "collections", "dataclasses", "pathlib", "typing",
-               "__future__", "numpy", "torch", "PIL", "transformers", "gradio", "huggingface_hub"}
+    allowed = set(sys.stdlib_module_names) | {"numpy", "torch", "PIL", "transformers", "gradio", "huggingface_hub"}
     write_space = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "write_space")
     inside_write_space = {id(node) for node in ast.walk(write_space)}
     for node in ast.walk(tree):
