@@ -378,22 +378,24 @@ def write_space(model_ref: str, space_dir: Path, overwrite: bool = False) -> Pat
                         shutil.copy2(Path(model_ref) / name, staging / "model" / name)
             (staging / SPACE_MODEL_FILE).write_text(("model" if local else model_ref) + "\n")
             (staging / "requirements.txt").write_text(
-                f"torch>={torch.__version__.split('+')[0].rsplit('.', 1)[0]}\ntransformers>=5.0,<6\n"
+                "torch>=2.4\ntransformers>=5.0,<6\n"  # as setup.cfg's install_requires
                 f"{GRADIO_REQUIREMENT}\npillow>=10.0\nnumpy>=1.24\n"
             )
+            shown_name = Path(model_ref).name if local else model_ref
             data = SpaceCardData(
-                title=f"vit-yoga: {Path(model_ref).name if local else model_ref}", emoji="🧘", colorFrom="indigo",
+                title=f"vit-yoga: {shown_name}", emoji="🧘", colorFrom="indigo",
                 colorTo="green", sdk="gradio", sdk_version=version("gradio"), app_file="app.py", pinned=False,
                 license="apache-2.0", models=None if local else [model_ref], short_description="Yoga-82 poses: "
                 "three levels, the path, and where the model looks",
             )
-            body = (f"# vit-yoga demo\n\nServes `{model_ref}` (a ViTYoga checkpoint: 6 body positions → 20 "
+            body = (f"# vit-yoga demo\n\nServes `{shown_name}` (a ViTYoga checkpoint: 6 body positions → 20 "
                     "variations → 82 poses). Upload a photo to see each level's top 5, the most probable path and "
                     "the attention rollout map. Run it locally with `pip install -r requirements.txt && python "
                     "app.py`.\n\nExample photos: MIT licence, see `examples/LICENSE` and `examples/README.md`.\n")
             SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(staging / "README.md")
-    except FileExistsError as error:
-        raise DemoUsageError(f"--write_space {space_dir}: {error} (or pass --overwrite)") from None
+    except FileExistsError:
+        raise DemoUsageError(f"--write_space {space_dir} already exists and is not empty: pass --overwrite to replace "
+                             "it, or choose another folder.") from None
     return space_dir
 
 
