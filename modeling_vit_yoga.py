@@ -464,6 +464,29 @@ class ViTYogaPreTrainedModel(PreTrainedModel):
         auto_map.setdefault("AutoModelForImageClassification", "modeling_vit_yoga.ViTYogaForImageClassification")
         config.auto_map = auto_map
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel") -> None:
+        """As ``PreTrainedModel``'s; and when transformers registers a loaded remote-code classifier with
+        ``AutoModelForImageClassification`` (it does after each load), map the config class to both classifiers.
+
+        transformers maps a config class to one model class, and both classifiers share ``ViTYogaConfig``: after a
+        joint checkpoint loads, a one-head checkpoint with the same code (and folder name) in the same process would
+        be built as a joint model, and the reverse. With both listed, transformers picks by ``config.architectures``.
+        """
+        super().register_for_auto_class(auto_class)
+        if isinstance(auto_class, str) or auto_class.__name__ != "AutoModelForImageClassification":
+            return
+        classifiers = (ViTYogaForImageClassification, ViTYogaForHierarchicalClassification)
+        if not issubclass(cls, classifiers):
+            return
+        # The config class transformers just registered comes from its own copy of configuration_vit_yoga.py (a
+        # module path of its own, not this file's relative import): find it among the mapping's keys, by name and by
+        # the checkpoint's module folder.
+        folder = cls.__module__.split(".")[:2]
+        for config_class in list(auto_class._model_mapping.keys()):
+            if config_class.__name__ == cls.config_class.__name__ and config_class.__module__.split(".")[:2] == folder:
+                auto_class.register(config_class, classifiers, exist_ok=True)
+
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' ViT init (``ViTPreTrainedModel._init_weights``): truncated normal (std
         ``initializer_range``) for linear and convolution weights, the position embeddings and the class token; zero

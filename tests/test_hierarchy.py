@@ -7,6 +7,9 @@ probable as its finest node, and the decoded path of a hand-built output is the 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -394,3 +397,35 @@ def test_the_pipeline_loads_in_a_fresh_process_for_fine_coarse_and_joint_checkpo
         assert [n["label"] for n in answer["risk"]["path"]] == [names[d][i] for d, i in enumerate(risk_ids[0].tolist())]
         # The plain image-classification pipeline still names the finest level: the decided path's finest class.
         assert answer["plain"] == single["path"][-1]["label"]
+
+
+@pytest.mark.slow
+def test_checkpoints_of_both_classifiers_with_one_folder_name_load_as_their_own_class(tmp_path):
+    """transformers maps a remote config class to one model class; both classifiers share ViTYogaConfig, so without
+    ViTYogaPreTrainedModel.register_for_auto_class the first checkpoint loaded decided the class of the next one with
+    the same code and folder name (a joint model built from a one-head config: a ValueError; the reverse: KeyError in
+    the pipeline). A fresh process, so that no earlier load in this one decides."""
+    from conftest import save_tiny_checkpoint
+
+    for kind, level in (("joint", None), ("fine", "label_82"), ("coarse", "label_6")):
+        save_tiny_checkpoint(tmp_path / kind / "model", label_level=level)
+    code = (
+        "import sys\n"
+        "from transformers import AutoModelForImageClassification, pipeline\n"
+        "from PIL import Image\n"
+        "photo = Image.new('RGB', (40, 30), (120, 60, 30))\n"
+        "for kind, expected in (('joint', 'ViTYogaForHierarchicalClassification'),\n"
+        "                       ('fine', 'ViTYogaForImageClassification'),\n"
+        "                       ('joint', 'ViTYogaForHierarchicalClassification'),\n"
+        "                       ('coarse', 'ViTYogaForImageClassification')):\n"
+        "    folder = f'{sys.argv[1]}/{kind}/model'\n"
+        "    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)\n"
+        "    assert type(model).__name__ == expected, (kind, type(model).__name__)\n"
+        "    top = pipeline('image-classification', model=folder, trust_remote_code=True)(photo, top_k=1)[0]\n"
+        "    assert top['label'] in model.config.id2label.values(), top\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
