@@ -47,6 +47,8 @@ def save_checkpoint(folder: Path, kind: str = "joint", attn: str = "sdpa", stem:
     labels: dict = {"num_labels": 5} if kind == "flat" else dict(yoga82.hierarchy())
     if kind == "single":
         labels["label_level"] = label_level
+    if kind == "joint":  # as train.py names a joint model's logits: the finest level's classes
+        labels["id2label"] = dict(enumerate(labels["hierarchy_class_names"][-1]))
     config = ViTYogaConfig(**TINY, **labels, patch_embedding_type=stem, attn_implementation=attn)
     torch.manual_seed(seed)
     model = (ViTYogaForHierarchicalClassification if kind == "joint" else ViTYogaForImageClassification)(config)
@@ -309,10 +311,16 @@ def test_the_readme_example_classifies_a_photo_with_onnx_runtime_alone(tmp_path,
         printed[name] = (label, float(score))
 
     reference = pipeline("hierarchical-image-classification", model=str(checkpoint), trust_remote_code=True)(
-        str(photo), top_k=1)
+        str(photo), top_k=82)
     flat = pipeline("image-classification", model=str(checkpoint), trust_remote_code=True)(str(photo), top_k=1)
     assert printed["logits"][0] == flat[0]["label"]
-    for level, (top,) in reference["levels"].items():
+    # The same answer as PyTorch: the printed class is PyTorch's top class, with PyTorch's probability. Pillow's
+    # resize differs from the processor's by a level of 255 on some pixels, so where PyTorch's top two are tied
+    # within that noise (a random model's 0.4901 against 0.4896) either is the same answer.
+    for level, ranked in reference["levels"].items():
         label, score = printed[f"probabilities_{level}"]
-        assert label == top["label"]
-        assert score == pytest.approx(top["score"], abs=5e-3)  # Pillow's resize against the processor's
+        scores = {c["label"]: c["score"] for c in ranked}
+        assert scores[label] == pytest.approx(score, abs=5e-3), level
+        assert scores[label] >= ranked[0]["score"] - 5e-3, (level, label, ranked[:2])
+    assert [printed[f"probabilities_{level}"][0] for level in reference["levels"]][-1] == reference["levels"][
+        "label_82"][0]["label"]

@@ -261,13 +261,15 @@ def check_folders(folders: Sequence[str | Path] | None) -> list[Path | str]:
 
 def synthetic_test_images() -> list[Any]:
     """The test split of the built-in synthetic poses (the data set train.py makes when given none: 40 per pose,
-    64 px, seed 0), drawn offline: 8 photos of each of the 82 poses."""
+    64 px, seed 0, whose test split is each pose's first 8 images), drawn offline: 656 photos. Each image depends only
+    on (seed, pose, index), so drawing 8 per pose with no held-out splits gives exactly those images, 5x faster than
+    drawing all 40."""
     from transformers.image_utils import load_image
 
     from yoga82 import build_synthetic
 
-    test = build_synthetic(progress=False)["test"]
-    return [load_image(row["image"]) for row in test]
+    drawn = build_synthetic(images_per_class=8, validation_fraction=0.0, test_fraction=0.0, progress=False)
+    return [load_image(row["image"]) for row in drawn["train"]]
 
 
 def load_photos(folder: Path, limit: int | None = None) -> list[Any]:
