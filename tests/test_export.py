@@ -324,3 +324,21 @@ def test_the_readme_example_classifies_a_photo_with_onnx_runtime_alone(tmp_path,
         assert scores[label] >= ranked[0]["score"] - 5e-3, (level, label, ranked[:2])
     assert [printed[f"probabilities_{level}"][0] for level in reference["levels"]][-1] == reference["levels"][
         "label_82"][0]["label"]
+
+
+@pytest.mark.slow
+def test_bench_inference_times_every_backend_side_by_side(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_inference
+
+    out = tmp_path / "bench.json"
+    assert bench_inference.main(["--models", "vit-pico", "--batch_sizes", "1", "3", "--rounds", "2", "--min_seconds",
+                                 "0", "--backends", "eager", "ort-fp32", "ort-int8", "--threads", "1",
+                                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["batch"], r["backend"]) for r in rows} == {(b, k) for b in (1, 3) for k in ("eager", "ort-fp32",
+                                                                                         "ort-int8")}
+    assert all(row["images_per_second"] > 0 and row["speedup_vs_eager"] > 0 for row in rows)
+    assert [row["speedup_vs_eager"] for row in rows if row["backend"] == "eager"] == [1.0, 1.0]  # its own baseline
+    sizes = {r["backend"]: r["megabytes"] for r in rows if r["batch"] == 1}
+    assert sizes["ort-int8"] < 0.5 * sizes["ort-fp32"]  # int8 weights: a quarter of fp32's, plus the graph
