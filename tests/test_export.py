@@ -99,7 +99,11 @@ CASES = {
     "label_20-eager-conv_stem": ("single", "eager", "conv_stem", {"label_level": "label_20"}),
     "label_82-sdpa-conv_stem": ("single", "sdpa", "conv_stem", {}),
     "flat-eager-standard": ("flat", "eager", "standard", {}),
+    "joint-sdpa-conv_stem-dynamo": ("joint", "sdpa", "conv_stem", {}),
 }
+# Two cases cover every attention, both stems and both kinds of head fast; the rest (and the dynamo exporter, 20 s
+# on 2 cores) run with the slow tests.
+SLOW_CASES = {"label_82-sdpa-conv_stem", "flat-eager-standard", "joint-sdpa-conv_stem-dynamo"}
 EXPECTED_OUTPUTS = {
     "joint": ["logits", "logits_label_6", "logits_label_20", "logits_label_82", "probabilities_label_6",
               "probabilities_label_20", "probabilities_label_82"],
@@ -109,12 +113,14 @@ EXPECTED_OUTPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c
+                                  for c in sorted(CASES)])
 def test_every_attention_and_stem_exports_equal_to_pytorch_at_any_batch_size(case, tmp_path, photos):
     kind, attn, stem, extra = CASES[case]
     checkpoint = save_checkpoint(tmp_path / "model", kind, attn, stem, **extra)
+    exporter = "dynamo" if case.endswith("dynamo") else "torchscript"
     results = export_onnx(checkpoint, tmp_path / "onnx", check_images=check_sources(photos), check_limit=4,
-                          attn_implementation=attn)
+                          attn_implementation=attn, exporter=exporter)
 
     folder = tmp_path / "onnx"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -178,6 +184,14 @@ def test_int8_model_is_smaller_and_a_failed_check_writes_nothing(tmp_path, photo
     assert set(agreement) == {"logits"} and 0.0 <= agreement["logits"] <= 1.0
     session = ort_session(output / "model_int8.onnx")
     assert [o.name for o in session.get_outputs()] == EXPECTED_OUTPUTS["label_82"]
+    # Only the network is quantised: the int8 model's probabilities still add up exactly along the tree.
+    labels = json.loads((output / "labels.json").read_text())
+    six, twenty, eighty_two = session.run(None, {"pixel_values": torch.randn(3, 3, 32, 32).numpy()})[1:]
+    for coarse, fine, parents in ((six, twenty, labels["parents"]["label_20"]),
+                                  (twenty, eighty_two, labels["parents"]["label_82"])):
+        sums = np.zeros_like(coarse)
+        np.add.at(sums.T, parents, fine.T)
+        np.testing.assert_allclose(coarse, sums, atol=1e-6)
 
     # Written once: a second export into the same folder is refused without overwrite.
     with pytest.raises(UsageError, match="--overwrite"):
@@ -212,7 +226,7 @@ def test_bad_arguments_are_refused_with_the_fix_before_any_work(tmp_path, photos
     assert len(error) == 1 and error[0].startswith("error: ") and "--overwrite" in error[0]
 
 
-@pytest.mark.parametrize("kind", ["joint", "single"])
+@pytest.mark.parametrize("kind", ["joint", pytest.param("single", marks=pytest.mark.slow)])
 def test_the_onnx_runner_answers_as_the_hierarchical_pipeline(kind, tmp_path, photos):
     from transformers import pipeline
 
@@ -234,6 +248,7 @@ def test_the_onnx_runner_answers_as_the_hierarchical_pipeline(kind, tmp_path, ph
     assert labels_of(single) == labels_of(classify(files[0], top_k=2))
 
 
+@pytest.mark.slow  # three predict runs
 def test_predict_with_onnx_writes_the_rows_predict_with_the_checkpoint_writes(tmp_path, photos):
     from vit_yoga import predict
 

@@ -459,13 +459,19 @@ def quantize_dynamic_int8(source: Path, target: Path) -> None:
     97.3%; none reached 99%, so the defaults (the fastest kernels) stay.
     """
     import onnx
+    from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(source), load_external_data=False).graph
-    # The TorchScript exporter names every node by its module scope: the network's are under /model/; the decoding
-    # that ExportableClassifier adds after it is not.
+    graph = onnx.load(str(source)).graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    constants |= {node.output[0]: attribute.t for node in graph.node if node.op_type == "Constant"
+                  for attribute in node.attribute if attribute.name == "value"}
+
+    def is_parent_matrix(name: str) -> bool:  # 0/1 entries: the one-hot child -> parent matrices, never a weight
+        return name in constants and bool(np.isin(numpy_helper.to_array(constants[name]), (0, 1)).all())
+
     decoding = [node.name for node in graph.node
-                if node.op_type in ("MatMul", "Gemm") and not node.name.startswith("/model/")]
+                if node.op_type in ("MatMul", "Gemm") and any(map(is_parent_matrix, node.input))]
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                      nodes_to_exclude=decoding)
 
