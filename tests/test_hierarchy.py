@@ -211,9 +211,10 @@ def test_one_head_model_tree_probabilities():
 
 
 def test_a_config_json_without_hierarchy_combination_loads_with_the_default(tmp_path):
-    yoga_config(hierarchy_combination="chain").save_pretrained(tmp_path)
+    assert DEFAULT_HIERARCHY_COMBINATION != "finest"
+    yoga_config(hierarchy_combination="finest").save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["hierarchy_combination"] == "chain"
+    assert saved["hierarchy_combination"] == "finest"
     del saved["hierarchy_combination"]  # as config.json files written before the field existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert ViTYogaConfig.from_pretrained(tmp_path).hierarchy_combination == DEFAULT_HIERARCHY_COMBINATION
