@@ -418,3 +418,13 @@ def test_bench_hierarchy_measures_heads_rules_and_decisions(poses, tmp_path, cap
     assert rows["finest"]["label_82 log-loss"] == pytest.approx(rows["heads (independent)"]["label_82 log-loss"])
     assert entry["best_rule"] in HIERARCHY_COMBINATIONS and entry["images"] == 82
     assert "best combination on validation" in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_hierarchy_answers_its_one_level():
+    config = ViTYogaConfig(**TINY, id2label={0: "cat", 1: "dog", 2: "fox"})
+    probabilities = tree_probabilities(config, torch.tensor([[0.0, 2.0, 1.0]]))
+    (answer,) = describe_tree_prediction(config, probabilities, top_k=2)
+    assert [d["label"] for d in answer["levels"]["label"]] == ["dog", "fox"]
+    expected = torch.tensor([0.0, 2.0, 1.0]).softmax(-1)[1].item()
+    assert answer["path"] == [{"level": "label", "label": "dog", "score": pytest.approx(expected)}]
+    assert answer["path_score"] == pytest.approx(expected)
