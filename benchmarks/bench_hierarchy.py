@@ -1,0 +1,242 @@
+"""Tree-consistent predictions measured: each level's top-1 from a checkpoint's heads, marginalised and combined, the
+path consistency, and the mistake severity of the two decisions, on a data set's validation and test splits.
+
+    python train.py --label_level all --output_dir runs/all          # a joint model (synthetic poses, ~6 min CPU)
+    python benchmarks/bench_hierarchy.py --models runs/all --json runs/bench_hierarchy.json
+    python benchmarks/bench_hierarchy.py --models runs/all runs/level3 --dataset_name data/real-photos
+
+For each checkpoint (a folder train.py wrote) and split, one forward pass over the images (prepared as the
+image-classification pipeline prepares them), then, from the same logits:
+
+- ``heads_rows``: a joint model's heads, each level's argmax on its own; the path consistency is the share of images
+  whose three answers form a path of the tree (a pose under its own variation under its own body position).
+- ``combination_rows``: ``tree_probabilities`` with each rule of ``HIERARCHY_COMBINATIONS`` (a one-head model: its
+  softmax marginalised up the tree): each level's top-1 of the marginals, the consistency of those argmaxes, the
+  finest level's log-loss, and the top-1 at each level of the decided path (consistent by construction).
+- ``decision_rows``: the most probable path against conditional risk minimisation (``decision="risk"``): the finest
+  top-1 and the mistake severity (mean tree distance of the wrong answers: 1 = same variation, 2 = same body
+  position, 3 = another; Bertinetto et al. 2020).
+
+The rule with the best finest-level top-1 on validation (then the lowest log-loss) is the one to make the default
+(``ViTYogaConfig.hierarchy_combination``). Each measurement is a function returning rows, so rows can be added (the
+real photos, a level-3 model) without touching the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from configuration_vit_yoga import HIERARCHY_COMBINATIONS, ViTYogaConfig  # noqa: E402
+from modeling_vit_yoga import (  # noqa: E402
+    minimum_risk_path,
+    most_probable_path,
+    predicted_levels,
+    tree_probabilities,
+)
+
+Row = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------- predictions
+def load_splits(dataset_name: str, splits: list[str]) -> dict[str, Any]:
+    """The data set's splits exactly as train.py builds them (the same held-out validation where there is none)."""
+    from vit_yoga.arguments import parse_arguments
+    from vit_yoga.data import load_image_dataset
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        run = parse_arguments(["--dataset_name", dataset_name, "--label_level", "all", "--output_dir", output_dir])
+        dataset = load_image_dataset(run.data, run.training)
+    return {split: dataset[split] for split in splits if split in dataset}
+
+
+def predict(model_dir: str | Path, dataset, batch_size: int = 128) -> tuple[ViTYogaConfig, tuple[torch.Tensor, ...],
+                                                                           torch.Tensor]:
+    """The checkpoint's raw logits on every image (a joint model: one tensor per head; else one) and the labels
+    (N, levels of the data set, coarsest first), images prepared as the pipeline prepares them."""
+    import datasets
+    from transformers import AutoImageProcessor
+
+    import modeling_vit_yoga
+    from vit_yoga.data import find_image_column
+    from vit_yoga.transforms import BatchTransform, EvaluationTransform, collate
+
+    # This repository's model code, not the folder's copy: the numbers are those of the code being measured.
+    config = ViTYogaConfig.from_pretrained(model_dir)
+    model_class = getattr(modeling_vit_yoga, (config.architectures or ["ViTYogaForImageClassification"])[0])
+    model = model_class.from_pretrained(model_dir, config=config).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    levels = config.hierarchy_levels
+    for level, names in zip(levels, config.hierarchy_class_names, strict=True):
+        if list(dataset.features[level].names) != list(names):
+            raise SystemExit(f"error: the data set's {level} classes differ from {model_dir}'s; evaluate a "
+                             "checkpoint on the data set it was trained for.")
+    image_column = find_image_column(dataset.features, None)
+    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset.set_transform(BatchTransform(EvaluationTransform(processor), image_column, levels))
+    outputs: list[tuple[torch.Tensor, ...]] = []
+    labels = []
+    with torch.inference_mode():
+        for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate),
+                          desc=f"{Path(model_dir).name}", leave=False):
+            out = model(pixel_values=batch["pixel_values"])
+            level_logits = getattr(out, "level_logits", None)
+            outputs.append(tuple(level_logits) if level_logits is not None else (out.logits,))
+            labels.append(batch["labels"])
+    logits = tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
+    return config, logits, torch.cat(labels)
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+def is_path(config: ViTYogaConfig, ids: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: whether each row of class ids (one per predicted level, coarsest first) is a path of the tree."""
+    ok = torch.ones(len(ids), dtype=torch.bool)
+    for depth in range(1, ids.shape[1]):
+        parents = torch.tensor(config.hierarchy_parents[depth - 1])
+        ok &= parents[ids[:, depth]] == ids[:, depth - 1]
+    return ok
+
+
+def tree_distance(config: ViTYogaConfig, predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(N,) the number of levels below the lowest common ancestor of two finest classes (0 = the same class)."""
+    table = torch.tensor(config.ancestors(predicted_levels(config)[-1]))
+    agree = (table[predicted] == table[truth]).int().cumprod(dim=1).sum(dim=1)
+    return table.shape[1] - agree
+
+
+def level_labels(config: ViTYogaConfig, labels: torch.Tensor) -> torch.Tensor:
+    """The labels of the levels the checkpoint predicts (the data set's columns are every hierarchy level)."""
+    return labels[:, : len(predicted_levels(config))]
+
+
+def heads_rows(config: ViTYogaConfig, logits: tuple[torch.Tensor, ...], labels: torch.Tensor) -> list[Row]:
+    """A joint model's heads, each deciding alone: each level's top-1, and how often the answers form a path."""
+    if len(logits) == 1:
+        return []
+    ids = torch.stack([head.argmax(-1) for head in logits], dim=1)
+    row: Row = {"method": "heads (independent)"}
+    for depth, level in enumerate(predicted_levels(config)):
+        row[f"{level} top-1"] = (ids[:, depth] == labels[:, depth]).float().mean().item()
+    row["consistency"] = is_path(config, ids).float().mean().item()
+    row[f"{predicted_levels(config)[-1]} log-loss"] = F.cross_entropy(logits[-1].float(), labels[:, -1]).item()
+    return [row]
+
+
+def combination_rows(config: ViTYogaConfig, logits: tuple[torch.Tensor, ...], labels: torch.Tensor) -> list[Row]:
+    """``tree_probabilities`` under each rule (a one-head model has one: its softmax marginalised up)."""
+    labels = level_labels(config, labels)
+    levels = predicted_levels(config)
+    rules = HIERARCHY_COMBINATIONS if len(logits) > 1 else ("marginalised",)
+    rows = []
+    for rule in rules:
+        probabilities = tree_probabilities(config, logits if len(logits) > 1 else logits[0],
+                                           rule=None if rule == "marginalised" else rule)
+        marginal_ids = torch.stack([p.argmax(-1) for p in probabilities], dim=1)
+        path, _ = most_probable_path(config, probabilities)
+        row: Row = {"method": rule}
+        for depth, level in enumerate(levels):
+            row[f"{level} top-1"] = (marginal_ids[:, depth] == labels[:, depth]).float().mean().item()
+        row["consistency"] = is_path(config, marginal_ids).float().mean().item()
+        finest = probabilities[-1].gather(1, labels[:, -1:]).squeeze(1)
+        row[f"{levels[-1]} log-loss"] = -finest.clamp_min(1e-12).log().mean().item()
+        for depth, level in enumerate(levels):
+            row[f"path {level} top-1"] = (path[:, depth] == labels[:, depth]).float().mean().item()
+        row["path consistency"] = is_path(config, path).float().mean().item()
+        rows.append(row)
+    return rows
+
+
+def decision_rows(config: ViTYogaConfig, logits: tuple[torch.Tensor, ...], labels: torch.Tensor) -> list[Row]:
+    """The most probable path against conditional risk minimisation, with the default rule: finest top-1 and the
+    mistake severity (mean tree distance of the wrong answers)."""
+    labels = level_labels(config, labels)
+    probabilities = tree_probabilities(config, logits if len(logits) > 1 else logits[0])
+    rows = []
+    for decision, decide in (("probability", most_probable_path), ("risk", minimum_risk_path)):
+        path, _ = decide(config, probabilities)
+        distance = tree_distance(config, path[:, -1], labels[:, -1])
+        wrong = distance > 0
+        rows.append({
+            "method": f"decision={decision} ({config.hierarchy_combination if len(logits) > 1 else 'marginalised'})",
+            f"{predicted_levels(config)[-1]} top-1": (~wrong).float().mean().item(),
+            "severity": distance[wrong].float().mean().item() if wrong.any() else 0.0,
+            "mean distance": distance.float().mean().item(),
+        })
+    return rows
+
+
+MEASUREMENTS = (heads_rows, combination_rows, decision_rows)
+
+
+def best_rule(rows: list[Row], finest: str) -> str | None:
+    """The combination rule with the best finest-level top-1 (ties: the lowest log-loss)."""
+    candidates = [r for r in rows if r["method"] in HIERARCHY_COMBINATIONS]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (round(r[f"{finest} top-1"], 6), -r[f"{finest} log-loss"]))["method"]
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def print_table(title: str, rows: list[Row]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        cells = [row.get(c, "") for c in columns]
+        print("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", required=True, help="output folders of train.py")
+    parser.add_argument("--dataset_name", default="synthetic", help="as train.py's (default: the synthetic poses)")
+    parser.add_argument("--splits", nargs="+", default=["validation", "test"])
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--rule", choices=HIERARCHY_COMBINATIONS, default=None,
+                        help="the combination rule of the decision rows (default: each checkpoint's config)")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    splits = load_splits(args.dataset_name, args.splits)
+    report: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+                    "threads": torch.get_num_threads()},
+        "dataset": args.dataset_name, "results": {},
+    }
+    for model_dir in args.models:
+        for split, dataset in splits.items():
+            config, logits, labels = predict(model_dir, dataset, args.batch_size)
+            config.hierarchy_combination = args.rule or config.hierarchy_combination
+            rows = [row for measure in MEASUREMENTS for row in measure(config, logits, labels)]
+            title = f"{model_dir}, {split} ({len(labels)} images)"
+            print_table(title, rows)
+            entry = {"rows": rows, "images": len(labels)}
+            rule = best_rule(rows, predicted_levels(config)[-1])
+            if rule:
+                entry["best_rule"] = rule
+                print(f"\nbest combination on {split}: {rule}")
+            report["results"].setdefault(str(model_dir), {})[split] = entry
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
