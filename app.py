@@ -99,7 +99,7 @@ def load_classifier(model_ref: str) -> Classifier:
         ) from None
     tree_probabilities, describe, levels = tree_functions(model, model_ref)
     return Classifier(model, processor, model_ref.rstrip("/"), levels, tree_probabilities, describe,
-                      model_info(model, model_ref))
+                      model_info(model, model_ref, levels))
 
 
 def tree_functions(model: torch.nn.Module, model_ref: str) -> tuple[Any, Any, list[str]]:
@@ -125,20 +125,22 @@ def attention_rollout(attentions: Sequence[torch.Tensor], residual: float = 0.5)
     """Attention rollout (Abnar & Zuidema, ACL 2020): how much each patch feeds the class token through all layers.
 
     Each layer's attention, averaged over heads, is mixed with the identity for the residual connection
-    (``residual * I + (1 - residual) * A``, rows renormalised) and the layers are multiplied, first to last. Returns
-    (batch, patches): the class token's row without itself. Written here because no library computes it for a model
-    of its own (a few lines of tensor algebra over the eager attention maps the forward already returned).
+    (``residual * I + (1 - residual) * A``, rows renormalised); the rollout is their product, last layer first to
+    first layer last, and its class-token row is returned without the class token itself: (batch, patches). Only
+    that row is needed, so it is carried as a vector through the layers (tokens^2 work per layer, not tokens^3).
+    Written here because no library computes it for a model of its own: a few lines over the eager attention maps
+    the forward already returned.
     """
-    rollout = None
-    for layer in attentions:
+    row = None
+    for layer in reversed(attentions):
         mixed = layer.float().mean(dim=1)  # (batch, tokens, tokens)
         mixed = residual * torch.eye(mixed.shape[-1]) + (1 - residual) * mixed
         mixed = mixed / mixed.sum(dim=-1, keepdim=True)
-        rollout = mixed if rollout is None else mixed @ rollout
-    return rollout[:, 0, 1:]
+        row = mixed[:, 0] if row is None else (row.unsqueeze(1) @ mixed).squeeze(1)
+    return row[:, 1:]
 
 
-def model_info(model: torch.nn.Module, model_ref: str) -> dict[str, Any]:
+def model_info(model: torch.nn.Module, model_ref: str, levels: Sequence[str]) -> dict[str, Any]:
     """What a person should know about the model they try: its name, size, and the accuracy its run reported."""
     from transformers.utils import cached_file
 
@@ -149,6 +151,7 @@ def model_info(model: torch.nn.Module, model_ref: str) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
         "image_size": config.image_size, "patch_size": config.patch_size, "layers": config.num_hidden_layers,
         "hidden_size": config.hidden_size, "stem": getattr(config, "patch_embedding_type", "standard"),
+        "levels": list(levels), "label_level": config.label_level,
     }
     for name in ("test_results.json", "all_results.json", "eval_results.json"):
         path = cached_file(model_ref, name, _raise_exceptions_for_missing_entries=False,
@@ -172,12 +175,14 @@ def describe_model(info: dict[str, Any]) -> str:
     text = (f"**Model:** `{info['name']}` ({info['architecture']}, {size}; {info['image_size']} px, patch "
             f"{info['patch_size']}, {info['layers']} layers x {info['hidden_size']}{stem}).")
     accuracy = info.get("accuracy") or {}
-    top1 = {k: v for k, v in accuracy.items() if "top5" not in k and "implied" not in k}
+    # A joint model reports each level's top-1 (label_6_accuracy, ...); a one-head model its own level's (accuracy).
+    top1 = {level: accuracy[f"{level}_accuracy"] for level in info["levels"] if f"{level}_accuracy" in accuracy}
+    if not top1 and "accuracy" in accuracy:
+        top1 = {info["label_level"] or "top-1": accuracy["accuracy"]}
     if top1:
         where = "test set" if info.get("split") == "test" else "validation set"
-        parts = [f"{name.removesuffix('_accuracy').removesuffix('accuracy') or 'top-1'} {value:.1%}"
-                 for name, value in sorted(top1.items())]
-        text += f" Reported top-1 accuracy on its {where}: " + ", ".join(p.replace("_ ", " ") for p in parts) + "."
+        text += f" Top-1 accuracy its run reported on the {where}: " + ", ".join(
+            f"{level} {value:.1%}" for level, value in top1.items()) + "."
     else:
         text += " No accuracy reported with this checkpoint (an untrained or unevaluated model)."
     return text
@@ -373,22 +378,24 @@ def write_space(model_ref: str, space_dir: Path, overwrite: bool = False) -> Pat
                         shutil.copy2(Path(model_ref) / name, staging / "model" / name)
             (staging / SPACE_MODEL_FILE).write_text(("model" if local else model_ref) + "\n")
             (staging / "requirements.txt").write_text(
-                f"torch>={torch.__version__.split('+')[0].rsplit('.', 1)[0]}\ntransformers>=5.0,<6\n"
+                "torch>=2.4\ntransformers>=5.0,<6\n"  # as setup.cfg's install_requires
                 f"{GRADIO_REQUIREMENT}\npillow>=10.0\nnumpy>=1.24\n"
             )
+            shown_name = Path(model_ref).name if local else model_ref
             data = SpaceCardData(
-                title=f"vit-yoga: {Path(model_ref).name if local else model_ref}", emoji="🧘", colorFrom="indigo",
+                title=f"vit-yoga: {shown_name}", emoji="🧘", colorFrom="indigo",
                 colorTo="green", sdk="gradio", sdk_version=version("gradio"), app_file="app.py", pinned=False,
                 license="apache-2.0", models=None if local else [model_ref], short_description="Yoga-82 poses: "
                 "three levels, the path, and where the model looks",
             )
-            body = (f"# vit-yoga demo\n\nServes `{model_ref}` (a ViTYoga checkpoint: 6 body positions → 20 "
+            body = (f"# vit-yoga demo\n\nServes `{shown_name}` (a ViTYoga checkpoint: 6 body positions → 20 "
                     "variations → 82 poses). Upload a photo to see each level's top 5, the most probable path and "
                     "the attention rollout map. Run it locally with `pip install -r requirements.txt && python "
                     "app.py`.\n\nExample photos: MIT licence, see `examples/LICENSE` and `examples/README.md`.\n")
             SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(staging / "README.md")
-    except FileExistsError as error:
-        raise DemoUsageError(f"--write_space {space_dir}: {error} (or pass --overwrite)") from None
+    except FileExistsError:
+        raise DemoUsageError(f"--write_space {space_dir} already exists and is not empty: pass --overwrite to replace "
+                             "it, or choose another folder.") from None
     return space_dir
 
 

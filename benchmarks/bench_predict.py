@@ -40,8 +40,7 @@ REAL_PHOTOS = REPO_ROOT.parent / "shared" / "real-photos" / "images"
 def make_checkpoint(preset: str, folder: Path, image_size: int | None = None) -> Path:
     """An untrained ViT-Yoga of ``preset`` (conv stem, the default recipe's) for Yoga-82's 82 poses, with its
     hierarchy, saved as train.py saves a run: weights, config, model code, image processor, the hierarchical pipeline.
-    One head (``--label_level 3``): pipeline("image-classification", batch_size=16) cannot batch a joint model's
-    tuple of level logits."""
+    One head (``--label_level 3``, the README's out-of-the-box run); its tree gives all three levels."""
     import yoga82
     from configuration_vit_yoga import ViTYogaConfig
     from modeling_vit_yoga import ViTYogaForImageClassification, vit_yoga_image_processor

@@ -137,11 +137,12 @@ def test_unreadable_photos_get_a_message(tmp_path):
 def test_model_info_reports_the_runs_accuracy(tmp_path, tiny_checkpoint, classifier):
     assert "No accuracy reported" in app["describe_model"](classifier.info)
     folder = shutil.copytree(tiny_checkpoint, tmp_path / "run")
-    (folder / "test_results.json").write_text(json.dumps({
-        "test_accuracy": 0.755, "test_top5_accuracy": 0.99, "test_label_6_accuracy": 0.9, "test_loss": 1.0}))
-    model = app["load_classifier"](str(folder))
-    text = app["describe_model"](model.info)
-    assert "75.5%" in text and "90.0%" in text and "test set" in text and "60 k parameters" in text
+    (folder / "test_results.json").write_text(json.dumps({  # as train.py writes a joint model's
+        "test_accuracy": 0.755, "test_label_20_accuracy": 0.8, "test_label_20_top5_accuracy": 0.97,
+        "test_label_6_accuracy": 0.9, "test_label_82_accuracy": 0.755, "test_label_82_implied_label_6_accuracy": 0.88,
+        "test_loss": 1.0, "test_per_level": {"label_6": {"accuracy": 0.9}}}))
+    text = app["describe_model"](app["load_classifier"](str(folder)).info)
+    assert "test set: label_6 90.0%, label_20 80.0%, label_82 75.5%." in text and "60 k parameters" in text
 
 
 # ----------------------------------------------------------------------------------------- choosing a model
@@ -203,8 +204,7 @@ def test_app_imports_nothing_from_the_project_at_module_level():
     """A Space has app.py and the checkpoint only: app.py's imports are the libraries (yoga_common only inside
     write_space, which runs from a clone)."""
     tree = ast.parse((PROJECT_ROOT / "app.py").read_text())
-    allowed = {"argparse", "json", "os", "shutil", "sys", "time", "collections", "dataclasses", "pathlib", "typing",
-               "__future__", "numpy", "torch", "PIL", "transformers", "gradio", "huggingface_hub"}
+    allowed = set(sys.stdlib_module_names) | {"numpy", "torch", "PIL", "transformers", "gradio", "huggingface_hub"}
     write_space = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "write_space")
     inside_write_space = {id(node) for node in ast.walk(write_space)}
     for node in ast.walk(tree):
@@ -366,3 +366,18 @@ def test_api_through_gradio_client(served_app, tmp_path):
     bad, words = bad_photos(tmp_path)["truncated"]
     *_, message = client.predict(gradio_client.handle_file(str(bad)), 0.5, api_name="/classify")
     assert words in message
+
+
+@pytest.mark.slow
+def test_bench_demo_smoke(tmp_path):
+    """benchmarks/bench_demo.py at its tiniest: the in-process ways and the whole request through gradio_client."""
+    pytest.importorskip("gradio_client")
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import bench_demo
+
+    out = tmp_path / "bench.json"
+    assert bench_demo.main(["--presets", "vit-pico", "--photos", "2", "--rounds", "1", "--threads", "1",
+                            "--photo_dir", str(PROJECT_ROOT / "examples"), "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())["models"]["vit-pico"]
+    assert len(numbers["milliseconds"]) == 6 and all(ms > 0 for ms in numbers["milliseconds"].values())
+    assert "attention_map_extra_over_request" in numbers

@@ -167,3 +167,19 @@ def test_command_line_with_workers_on_real_photos(tiny_checkpoint, photos, tmp_p
     assert len(rows) == len(expand_paths(inputs))
     assert sum(bool(row["error"]) for row in rows) == 2
     assert "predict" in result.stderr and "photo" in result.stderr  # tqdm's bar
+
+
+@pytest.mark.slow
+def test_bench_predict_smoke(tmp_path, capsys):
+    """benchmarks/bench_predict.py at its tiniest: all four ways timed, the ratios in its JSON."""
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import bench_predict
+
+    out = tmp_path / "bench.json"
+    assert bench_predict.main(["--preset", "vit-pico", "--image_size", "32", "--photos", "4", "--rounds", "1",
+                               "--batch_size", "2", "--num_workers", "0", "--photo_dir", str(PROJECT_ROOT / "examples"),
+                               "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["images_per_second"]) == {"pipeline loop", "pipeline batch_size=16", "predict", "model alone"}
+    assert all(rate > 0 for rate in report["images_per_second"].values())
+    assert report["predict_over_loop"] > 0 and "predict / model alone" in capsys.readouterr().out
