@@ -57,6 +57,7 @@ INT8_FILE = "model_int8.onnx"
 LABELS_FILE = "labels.json"
 RESULTS_FILE = "export_results.json"
 DEFAULT_OPSET = 17
+DYNAMO_OPSET = 18  # what torch's dynamo exporter writes natively
 EXPORTABLE_ATTENTION = ("eager", "sdpa")
 EXPORTERS = ("torchscript", "dynamo")
 CLASSIFIERS = ("ViTYogaForImageClassification", "ViTYogaForHierarchicalClassification")
@@ -356,7 +357,7 @@ def export_onnx(
     output_dir: str | Path,
     *,
     quantize: str | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     check_images: Sequence[str | Path] | None = None,
     check_limit: int | None = None,
     attn_implementation: str | None = None,
@@ -378,6 +379,11 @@ def export_onnx(
         raise UsageError(f"--quantize {quantize}: only 'dynamic' (ONNX Runtime's dynamic int8 quantisation) exists.")
     if exporter not in EXPORTERS:
         raise UsageError(f"--exporter {exporter}: choose one of {list(EXPORTERS)}.")
+    if opset is None:
+        opset = DYNAMO_OPSET if exporter == "dynamo" else DEFAULT_OPSET
+    if exporter == "dynamo" and opset < DYNAMO_OPSET:
+        raise UsageError(f"--exporter dynamo --opset {opset}: the dynamo exporter writes opset {DYNAMO_OPSET} and "
+                         "its conversion down to 17 gave an invalid graph here (ReduceLogSumExp); use --opset 18+.")
     if not 17 <= opset <= 23:
         raise UsageError(f"--opset {opset}: give 17 to 23 (17 has LayerNormalization; ONNX Runtime 1.18+ runs all).")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
@@ -487,7 +493,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="a train.py output folder or a Hub id (ViTYoga)")
     parser.add_argument("--output_dir", required=True, type=Path, help="the folder to write (must not exist)")
     parser.add_argument("--quantize", choices=["dynamic"], default=None, help="also write model_int8.onnx")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17 to 23; default 17)")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset, 17 to 23 (default 17; 18 with --exporter dynamo)")
     parser.add_argument("--check_images", nargs="+", default=None, metavar="DIR",
                         help="folders of photos the checks run on; 'synthetic' (the default) is the synthetic "
                         "poses' test split (drawn offline)")
