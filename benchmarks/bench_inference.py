@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
                "load_average": os.getloadavg(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-               "exporter": args.exporter, "opset": opset_for(args.exporter), "date": datetime.now(timezone.utc).isoformat()}
+               "exporter": args.exporter, "opset": opset_for(args.exporter),
+               "date": datetime.now(timezone.utc).isoformat()}
     print(f"threads {args.threads}, load average {machine['load_average']}, torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}", flush=True)
     rows: list[dict[str, Any]] = []
