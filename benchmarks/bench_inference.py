@@ -41,6 +41,7 @@ from configuration_vit_yoga import ViTYogaConfig  # noqa: E402
 from modeling_vit_yoga import ViTYogaForImageClassification  # noqa: E402
 from vit_yoga.export import (  # noqa: E402
     DEFAULT_OPSET,
+    DYNAMO_OPSET,
     ExportableClassifier,
     OutputSpec,
     export_graph,
@@ -84,6 +85,11 @@ def build(name: str) -> nn.Module:
     return ExportableClassifier(ViTYogaForImageClassification(config).eval()).eval()
 
 
+def opset_for(exporter: str) -> int:
+    """The opset python -m vit_yoga.export uses by default with this exporter."""
+    return DYNAMO_OPSET if exporter == "dynamo" else DEFAULT_OPSET
+
+
 def ort_runner(path: Path, threads: int, names: list[str]) -> Callable[[np.ndarray], Any]:
     import onnxruntime as ort
 
@@ -110,7 +116,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict
     example = torch.randn(2, 3, image_size, image_size)
     fp32, int8 = workdir / f"{name}.onnx", workdir / f"{name}_int8.onnx"
     started = time.perf_counter()
-    export_graph(wrapper, fp32, example, DEFAULT_OPSET, args.exporter)
+    export_graph(wrapper, fp32, example, opset_for(args.exporter), args.exporter)
     quantize_dynamic_int8(fp32, int8)
     print(f"{name}: exported in {time.perf_counter() - started:.1f} s ({fp32.stat().st_size / 2**20:.1f} MB fp32, "
           f"{int8.stat().st_size / 2**20:.1f} MB int8)", flush=True)
@@ -190,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
                "load_average": os.getloadavg(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-               "exporter": args.exporter, "opset": DEFAULT_OPSET, "date": datetime.now(timezone.utc).isoformat()}
+               "exporter": args.exporter, "opset": opset_for(args.exporter),
+               "date": datetime.now(timezone.utc).isoformat()}
     print(f"threads {args.threads}, load average {machine['load_average']}, torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}", flush=True)
     rows: list[dict[str, Any]] = []

@@ -47,6 +47,8 @@ def save_checkpoint(folder: Path, kind: str = "joint", attn: str = "sdpa", stem:
     labels: dict = {"num_labels": 5} if kind == "flat" else dict(yoga82.hierarchy())
     if kind == "single":
         labels["label_level"] = label_level
+    if kind == "joint":  # as train.py names a joint model's logits: the finest level's classes
+        labels["id2label"] = dict(enumerate(labels["hierarchy_class_names"][-1]))
     config = ViTYogaConfig(**TINY, **labels, patch_embedding_type=stem, attn_implementation=attn)
     torch.manual_seed(seed)
     model = (ViTYogaForHierarchicalClassification if kind == "joint" else ViTYogaForImageClassification)(config)
@@ -97,7 +99,11 @@ CASES = {
     "label_20-eager-conv_stem": ("single", "eager", "conv_stem", {"label_level": "label_20"}),
     "label_82-sdpa-conv_stem": ("single", "sdpa", "conv_stem", {}),
     "flat-eager-standard": ("flat", "eager", "standard", {}),
+    "joint-sdpa-conv_stem-dynamo": ("joint", "sdpa", "conv_stem", {}),
 }
+# Two cases cover every attention, both stems and both kinds of head fast; the rest (and the dynamo exporter, 20 s
+# on 2 cores) run with the slow tests.
+SLOW_CASES = {"label_82-sdpa-conv_stem", "flat-eager-standard", "joint-sdpa-conv_stem-dynamo"}
 EXPECTED_OUTPUTS = {
     "joint": ["logits", "logits_label_6", "logits_label_20", "logits_label_82", "probabilities_label_6",
               "probabilities_label_20", "probabilities_label_82"],
@@ -107,12 +113,14 @@ EXPECTED_OUTPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c
+                                  for c in sorted(CASES)])
 def test_every_attention_and_stem_exports_equal_to_pytorch_at_any_batch_size(case, tmp_path, photos):
     kind, attn, stem, extra = CASES[case]
     checkpoint = save_checkpoint(tmp_path / "model", kind, attn, stem, **extra)
+    exporter = "dynamo" if case.endswith("dynamo") else "torchscript"
     results = export_onnx(checkpoint, tmp_path / "onnx", check_images=check_sources(photos), check_limit=4,
-                          attn_implementation=attn)
+                          attn_implementation=attn, exporter=exporter)
 
     folder = tmp_path / "onnx"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -176,6 +184,14 @@ def test_int8_model_is_smaller_and_a_failed_check_writes_nothing(tmp_path, photo
     assert set(agreement) == {"logits"} and 0.0 <= agreement["logits"] <= 1.0
     session = ort_session(output / "model_int8.onnx")
     assert [o.name for o in session.get_outputs()] == EXPECTED_OUTPUTS["label_82"]
+    # Only the network is quantised: the int8 model's probabilities still add up exactly along the tree.
+    labels = json.loads((output / "labels.json").read_text())
+    six, twenty, eighty_two = session.run(None, {"pixel_values": torch.randn(3, 3, 32, 32).numpy()})[1:]
+    for coarse, fine, parents in ((six, twenty, labels["parents"]["label_20"]),
+                                  (twenty, eighty_two, labels["parents"]["label_82"])):
+        sums = np.zeros_like(coarse)
+        np.add.at(sums.T, parents, fine.T)
+        np.testing.assert_allclose(coarse, sums, atol=1e-6)
 
     # Written once: a second export into the same folder is refused without overwrite.
     with pytest.raises(UsageError, match="--overwrite"):
@@ -210,7 +226,7 @@ def test_bad_arguments_are_refused_with_the_fix_before_any_work(tmp_path, photos
     assert len(error) == 1 and error[0].startswith("error: ") and "--overwrite" in error[0]
 
 
-@pytest.mark.parametrize("kind", ["joint", "single"])
+@pytest.mark.parametrize("kind", ["joint", pytest.param("single", marks=pytest.mark.slow)])
 def test_the_onnx_runner_answers_as_the_hierarchical_pipeline(kind, tmp_path, photos):
     from transformers import pipeline
 
@@ -232,6 +248,7 @@ def test_the_onnx_runner_answers_as_the_hierarchical_pipeline(kind, tmp_path, ph
     assert labels_of(single) == labels_of(classify(files[0], top_k=2))
 
 
+@pytest.mark.slow  # three predict runs
 def test_predict_with_onnx_writes_the_rows_predict_with_the_checkpoint_writes(tmp_path, photos):
     from vit_yoga import predict
 
@@ -309,10 +326,34 @@ def test_the_readme_example_classifies_a_photo_with_onnx_runtime_alone(tmp_path,
         printed[name] = (label, float(score))
 
     reference = pipeline("hierarchical-image-classification", model=str(checkpoint), trust_remote_code=True)(
-        str(photo), top_k=1)
+        str(photo), top_k=82)
     flat = pipeline("image-classification", model=str(checkpoint), trust_remote_code=True)(str(photo), top_k=1)
     assert printed["logits"][0] == flat[0]["label"]
-    for level, (top,) in reference["levels"].items():
+    # The same answer as PyTorch: the printed class is PyTorch's top class, with PyTorch's probability. Pillow's
+    # resize differs from the processor's by a level of 255 on some pixels, so where PyTorch's top two are tied
+    # within that noise (a random model's 0.4901 against 0.4896) either is the same answer.
+    for level, ranked in reference["levels"].items():
         label, score = printed[f"probabilities_{level}"]
-        assert label == top["label"]
-        assert score == pytest.approx(top["score"], abs=5e-3)  # Pillow's resize against the processor's
+        scores = {c["label"]: c["score"] for c in ranked}
+        assert scores[label] == pytest.approx(score, abs=5e-3), level
+        assert scores[label] >= ranked[0]["score"] - 5e-3, (level, label, ranked[:2])
+    assert [printed[f"probabilities_{level}"][0] for level in reference["levels"]][-1] == reference["levels"][
+        "label_82"][0]["label"]
+
+
+@pytest.mark.slow
+def test_bench_inference_times_every_backend_side_by_side(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_inference
+
+    out = tmp_path / "bench.json"
+    assert bench_inference.main(["--models", "vit-pico", "--batch_sizes", "1", "3", "--rounds", "2", "--min_seconds",
+                                 "0", "--backends", "eager", "ort-fp32", "ort-int8", "--threads", "1",
+                                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["batch"], r["backend"]) for r in rows} == {(b, k) for b in (1, 3) for k in ("eager", "ort-fp32",
+                                                                                         "ort-int8")}
+    assert all(row["images_per_second"] > 0 and row["speedup_vs_eager"] > 0 for row in rows)
+    assert [row["speedup_vs_eager"] for row in rows if row["backend"] == "eager"] == [1.0, 1.0]  # its own baseline
+    sizes = {r["backend"]: r["megabytes"] for r in rows if r["batch"] == 1}
+    assert sizes["ort-int8"] < 0.5 * sizes["ort-fp32"]  # int8 weights: a quarter of fp32's, plus the graph
