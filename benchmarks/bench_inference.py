@@ -95,6 +95,10 @@ def ort_runner(path: Path, threads: int, names: list[str]) -> Callable[[np.ndarr
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # ONNX Runtime's threads spin for a while after each run by default; in one process beside PyTorch that
+    # starves PyTorch's OpenMP threads (measured: ViT-Ti/16 eager at batch 1 fell from ~27 to 0.8 img/s), so the
+    # ratios would measure the spinning, not the backends. A server runs one backend; this compares them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda pixels: session.run(names, {"pixel_values": pixels})
 
