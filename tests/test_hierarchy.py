@@ -261,3 +261,136 @@ def test_tree_probabilities_traces_to_onnx(tmp_path):
     got = session.run(None, {name: h.numpy() for name, h in zip("abc", other, strict=True)})
     for g, expected in zip(got, tree_probabilities(config, other), strict=True):
         torch.testing.assert_close(torch.from_numpy(g), expected, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the pipeline, from a saved folder
+
+
+def save_checkpoint(folder, kind: str) -> ViTYogaConfig:
+    """A tiny random checkpoint saved as train.py saves one: weights, config (id2label: its finest level's names),
+    image processor, the hierarchical pipeline."""
+    from modeling_vit_yoga import vit_yoga_image_processor
+    from vit_yoga.models import save_hierarchical_pipeline
+
+    level = {"fine": "label_82", "coarse": "label_20", "joint": None}[kind]
+    names = yoga82.hierarchy()["hierarchy_class_names"][1 if kind == "coarse" else 2]
+    config = yoga_config(label_level=level, id2label=dict(enumerate(names)))
+    model_class = ViTYogaForHierarchicalClassification if kind == "joint" else ViTYogaForImageClassification
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    with torch.no_grad():  # spread the logits, so that rankings are clear-cut
+        for head in ([model.classifier] if kind != "joint" else model.classifiers):
+            head.weight.normal_(0, 2.0)
+    model.save_pretrained(folder)
+    vit_yoga_image_processor(config).save_pretrained(folder)
+    save_hierarchical_pipeline(folder)
+    return config
+
+
+def test_the_custom_pipelines_entry_is_what_transformers_pipeline_registry_writes(tmp_path):
+    from transformers import AutoModelForImageClassification
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    import pipeline_vit_yoga
+    from modeling_vit_yoga import vit_yoga_image_processor
+
+    ours = tmp_path / "ours"
+    config = save_checkpoint(ours, "joint")
+    model = ViTYogaForHierarchicalClassification.from_pretrained(ours)
+    PIPELINE_REGISTRY.register_pipeline(pipeline_vit_yoga.PIPELINE_TASK,
+                                        pipeline_vit_yoga.HierarchicalImageClassificationPipeline,
+                                        pt_model=AutoModelForImageClassification, type="image")
+    try:
+        pipe = pipeline_vit_yoga.HierarchicalImageClassificationPipeline(
+            model=model, image_processor=vit_yoga_image_processor(config))
+        pipe.save_pretrained(tmp_path / "theirs")
+    finally:
+        PIPELINE_REGISTRY.supported_tasks.pop(pipeline_vit_yoga.PIPELINE_TASK, None)
+        del pipeline_vit_yoga.HierarchicalImageClassificationPipeline._registered_impl
+    theirs = json.loads((tmp_path / "theirs" / "config.json").read_text())["custom_pipelines"]
+    assert json.loads((ours / "config.json").read_text())["custom_pipelines"] == theirs
+    assert (ours / "pipeline_vit_yoga.py").read_bytes() == (tmp_path / "theirs" / "pipeline_vit_yoga.py").read_bytes()
+
+
+FRESH_PIPELINE = """
+import json, sys
+import numpy as np
+from PIL import Image
+from transformers import pipeline
+
+image_path, folders = sys.argv[1], sys.argv[2:]
+image = Image.open(image_path)
+answers = {}
+for folder in folders:
+    classify = pipeline("hierarchical-image-classification", model=folder, trust_remote_code=True)
+    plain = pipeline("image-classification", model=folder, trust_remote_code=True)
+    answers[folder] = {
+        "class": type(classify).__module__ + "." + type(classify).__name__,
+        "path": classify(image_path),
+        "pil": classify(image, top_k=3),
+        "risk": classify(image, decision="risk"),
+        "batch": classify([image_path, image, image_path], batch_size=2, top_k=3),
+        "plain": plain(image_path, top_k=1)[0]["label"],
+    }
+print("ANSWERS" + json.dumps(answers))
+"""
+
+
+@pytest.mark.slow
+def test_the_pipeline_loads_in_a_fresh_process_for_fine_coarse_and_joint_checkpoints(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    folders, configs = {}, {}
+    for kind in ("fine", "coarse", "joint"):
+        folders[kind] = tmp_path / kind
+        configs[kind] = save_checkpoint(folders[kind], kind)
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(image_path)
+    # Run outside the repository, so that only the folders' own code can be imported.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", FRESH_PIPELINE, str(image_path), *map(str, folders.values())],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.split("ANSWERS", 1)[1])
+
+    for kind, folder in folders.items():
+        answer, config = answers[str(folder)], configs[kind]
+        assert answer["class"].startswith("transformers_modules.") and answer["class"].endswith(
+            "pipeline_vit_yoga.HierarchicalImageClassificationPipeline")  # the folder's code, not this repo's
+        levels = predicted_levels(config)
+        # What the API computes here on the same image, prepared by the same processor.
+        model_class = ViTYogaForHierarchicalClassification if kind == "joint" else ViTYogaForImageClassification
+        model = model_class.from_pretrained(folder).eval()
+        pixels = AutoImageProcessor.from_pretrained(folder)(Image.open(image_path), return_tensors="pt")
+        expected = model.tree_probabilities(pixels["pixel_values"])
+        ids, score = most_probable_path(config, expected)
+        names = [config.hierarchy_class_names[d] for d in range(len(levels))]
+
+        single = answer["path"]
+        assert list(single["levels"]) == levels
+        assert [len(v) for v in single["levels"].values()] == [min(5, len(n)) for n in names]  # top_k=5 default
+        assert [n["level"] for n in single["path"]] == levels
+        assert [n["label"] for n in single["path"]] == [names[d][i] for d, i in enumerate(ids[0].tolist())]
+        assert single["path_score"] == pytest.approx(score.item(), abs=1e-5)
+        assert single["path"][-1]["score"] == pytest.approx(single["path_score"])
+        for depth, level in enumerate(levels):
+            top = single["levels"][level]
+            assert top[0]["score"] == pytest.approx(expected[depth].max().item(), abs=1e-5)
+            assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
+        assert [len(v) for v in answer["pil"]["levels"].values()] == [min(3, len(n)) for n in names]
+        # A PIL image and its file are the same image.
+        assert [n["label"] for n in answer["pil"]["path"]] == [n["label"] for n in single["path"]]
+        assert answer["pil"]["path_score"] == pytest.approx(single["path_score"], abs=1e-5)
+        assert len(answer["batch"]) == 3
+        assert answer["batch"][0]["path_score"] == pytest.approx(answer["batch"][1]["path_score"], abs=1e-4)
+        assert [n["label"] for n in answer["batch"][2]["path"]] == [n["label"] for n in single["path"]]
+        risk_ids, _ = minimum_risk_path(config, expected)
+        assert [n["label"] for n in answer["risk"]["path"]] == [names[d][i] for d, i in enumerate(risk_ids[0].tolist())]
+        # The plain image-classification pipeline still names the finest level: the decided path's finest class.
+        assert answer["plain"] == single["path"][-1]["label"]

@@ -55,7 +55,7 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog)
     files = {p.name for p in level1.iterdir()}
     assert {"model.safetensors", "config.json", "configuration_vit_yoga.py", "modeling_vit_yoga.py",
             "preprocessor_config.json", "README.md", "all_results.json", "eval_results.json", "test_results.json",
-            "training_curves.png", "confusion_test_label_6.png"} <= files
+            "training_curves.png", "confusion_test_label_6.png", "pipeline_vit_yoga.py"} <= files
     assert not list(level1.glob("*.bin")) and not list(level1.glob("*.pt"))  # no pickle in a shared repo
     test_results = read_json(level1 / "test_results.json")
     assert 0.0 <= test_results["test_accuracy"] <= 1.0 and "test_top5_accuracy" in test_results
@@ -64,6 +64,9 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog)
     config1 = read_json(level1 / "config.json")
     assert config1["label_level"] == "label_6" and config1["id2label"]["5"] == "Wheel"
     assert config1["hidden_dropout_prob"] == 0.1  # the report's recipe
+    # The hierarchical pipeline ships in the folder and in each checkpoint (tests/test_hierarchy.py loads it).
+    assert "hierarchical-image-classification" in config1["custom_pipelines"]
+    assert all((c / "pipeline_vit_yoga.py").is_file() for c in level1.glob("checkpoint-*"))
 
     # Fine-tuning on level 3: the backbone is level 1's, the head is new, the lineage is recorded.
     data_args = DataArguments(dataset_name=str(poses), label_level="3")
