@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", default=["validation", "test"])
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--rule", choices=HIERARCHY_COMBINATIONS, default=None,
+                        help="the combination rule of the decision rows (default: each checkpoint's config)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     for model_dir in args.models:
         for split, dataset in splits.items():
             config, logits, labels = predict(model_dir, dataset, args.batch_size)
+            config.hierarchy_combination = args.rule or config.hierarchy_combination
             rows = [row for measure in MEASUREMENTS for row in measure(config, logits, labels)]
             title = f"{model_dir}, {split} ({len(labels)} images)"
             print_table(title, rows)

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from conftest import PROJECT_ROOT
 
 import yoga82
 from configuration_vit_yoga import DEFAULT_HIERARCHY_COMBINATION, HIERARCHY_COMBINATIONS, ViTYogaConfig
@@ -211,9 +212,10 @@ def test_one_head_model_tree_probabilities():
 
 
 def test_a_config_json_without_hierarchy_combination_loads_with_the_default(tmp_path):
-    yoga_config(hierarchy_combination="chain").save_pretrained(tmp_path)
+    assert DEFAULT_HIERARCHY_COMBINATION != "finest"
+    yoga_config(hierarchy_combination="finest").save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["hierarchy_combination"] == "chain"
+    assert saved["hierarchy_combination"] == "finest"
     del saved["hierarchy_combination"]  # as config.json files written before the field existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert ViTYogaConfig.from_pretrained(tmp_path).hierarchy_combination == DEFAULT_HIERARCHY_COMBINATION
@@ -266,9 +268,9 @@ def test_tree_probabilities_traces_to_onnx(tmp_path):
 # ---------------------------------------------------------------- the pipeline, from a saved folder
 
 
-def save_checkpoint(folder, kind: str) -> ViTYogaConfig:
+def save_checkpoint(folder, kind: str, spread: float | None = 2.0) -> ViTYogaConfig:
     """A tiny random checkpoint saved as train.py saves one: weights, config (id2label: its finest level's names),
-    image processor, the hierarchical pipeline."""
+    image processor, the hierarchical pipeline. ``spread``: the heads' weight std (large: clear-cut rankings)."""
     from modeling_vit_yoga import vit_yoga_image_processor
     from vit_yoga.models import save_hierarchical_pipeline
 
@@ -278,9 +280,9 @@ def save_checkpoint(folder, kind: str) -> ViTYogaConfig:
     model_class = ViTYogaForHierarchicalClassification if kind == "joint" else ViTYogaForImageClassification
     torch.manual_seed(0)
     model = model_class(config).eval()
-    with torch.no_grad():  # spread the logits, so that rankings are clear-cut
+    with torch.no_grad():
         for head in ([model.classifier] if kind != "joint" else model.classifiers):
-            head.weight.normal_(0, 2.0)
+            head.weight.normal_(0, spread or config.initializer_range)
     model.save_pretrained(folder)
     vit_yoga_image_processor(config).save_pretrained(folder)
     save_hierarchical_pipeline(folder)
@@ -394,3 +396,35 @@ def test_the_pipeline_loads_in_a_fresh_process_for_fine_coarse_and_joint_checkpo
         assert [n["label"] for n in answer["risk"]["path"]] == [names[d][i] for d, i in enumerate(risk_ids[0].tolist())]
         # The plain image-classification pipeline still names the finest level: the decided path's finest class.
         assert answer["plain"] == single["path"][-1]["label"]
+
+
+@pytest.mark.slow
+def test_bench_hierarchy_measures_heads_rules_and_decisions(poses, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import bench_hierarchy
+
+    save_checkpoint(tmp_path / "joint", "joint", spread=0.5)  # no probability underflows to 0
+    out = tmp_path / "bench.json"
+    assert bench_hierarchy.main(["--models", str(tmp_path / "joint"), "--dataset_name", str(poses), "--splits",
+                                 "validation", "--json", str(out)]) == 0
+    entry = json.loads(out.read_text())["results"][str(tmp_path / "joint")]["validation"]
+    rows = {row["method"]: row for row in entry["rows"]}
+    assert set(HIERARCHY_COMBINATIONS) <= set(rows) and "heads (independent)" in rows
+    assert all(rows[rule]["path consistency"] == 1.0 for rule in HIERARCHY_COMBINATIONS)  # a path by construction
+    # finest: the 82-way head's own answers and log-loss, unchanged by summing up the tree.
+    assert rows["finest"]["label_82 top-1"] == rows["heads (independent)"]["label_82 top-1"]
+    assert rows["finest"]["label_82 log-loss"] == pytest.approx(rows["heads (independent)"]["label_82 log-loss"])
+    assert entry["best_rule"] in HIERARCHY_COMBINATIONS and entry["images"] == 82
+    assert "best combination on validation" in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_hierarchy_answers_its_one_level():
+    config = ViTYogaConfig(**TINY, id2label={0: "cat", 1: "dog", 2: "fox"})
+    probabilities = tree_probabilities(config, torch.tensor([[0.0, 2.0, 1.0]]))
+    (answer,) = describe_tree_prediction(config, probabilities, top_k=2)
+    assert [d["label"] for d in answer["levels"]["label"]] == ["dog", "fox"]
+    expected = torch.tensor([0.0, 2.0, 1.0]).softmax(-1)[1].item()
+    assert answer["path"] == [{"level": "label", "label": "dog", "score": pytest.approx(expected)}]
+    assert answer["path_score"] == pytest.approx(expected)

@@ -66,7 +66,8 @@ def test_level1_then_fine_tune_level3_from_its_backbone(poses, tmp_path, caplog)
     assert config1["hidden_dropout_prob"] == 0.1  # the report's recipe
     # The hierarchical pipeline ships in the folder and in each checkpoint (tests/test_hierarchy.py loads it).
     assert "hierarchical-image-classification" in config1["custom_pipelines"]
-    assert all((c / "pipeline_vit_yoga.py").is_file() for c in level1.glob("checkpoint-*"))
+    checkpoints = list(level1.glob("checkpoint-*"))
+    assert checkpoints and all((c / "pipeline_vit_yoga.py").is_file() for c in checkpoints)
 
     # Fine-tuning on level 3: the backbone is level 1's, the head is new, the lineage is recorded.
     data_args = DataArguments(dataset_name=str(poses), label_level="3")
