@@ -193,9 +193,11 @@ def predict_files(
 
 
 def default_workers() -> int:
-    """One process fewer than the CPUs (the main process runs the model), at least one, at most eight."""
-    return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2)
-                      - 1))
+    """One process fewer than the CPUs (the main process runs the model), at most eight; none on 2 CPUs or fewer,
+    where a decoding process takes its CPU from the model's threads instead of hiding behind them (measured with
+    benchmarks/bench_predict.py on 2 vCPUs: 84 % of the model alone without a worker, 76 % with one)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return 0 if cpus <= 2 else min(8, cpus - 1)
 
 
 # ------------------------------------------------------------------------------------------------ the output
@@ -252,7 +254,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decision", choices=("probability", "risk"), default="probability",
                         help="the path: the most probable finest class, or the lowest expected tree distance")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_workers", type=int, default=None, help="decoding processes (default: CPUs - 1)")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="decoding processes (default: CPUs - 1; 0 on 2 CPUs or fewer)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
     parser.add_argument("--no_bf16", action="store_true", help="run in fp32 on a GPU too (default: bf16 autocast)")
     return parser.parse_args(argv)
