@@ -442,8 +442,8 @@ def export_onnx(
                 agreement = min(checks["int8"]["top1_agreement"].values())
                 if agreement < int8_min_agreement:
                     failures.append(f"{source}: int8 top-1 agrees with PyTorch on {agreement:.1%} of "
-                                    f"{len(pixel_values)} images < {int8_min_agreement:.0%} (an untrained model's "
-                                    "near-tied logits flip; lower --int8_min_agreement to export it anyway)")
+                                    f"{len(pixel_values)} images < {int8_min_agreement:.0%} (near-tied logits flip in "
+                                    "int8; lower --int8_min_agreement to export it anyway)")
         if failures:
             raise UsageError("the exported model does not match PyTorch; nothing was written. " + "; ".join(failures))
         for name, path in (("fp32", fp32_path), ("int8", staging / INT8_FILE)):
