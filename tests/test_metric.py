@@ -231,7 +231,7 @@ def test_path_consistency_needs_one_list_per_coarser_level(in_memory_metric):
 def test_tree_results_of_hand_made_joint_heads(in_memory_metric):
     """Two coarse classes A {a1, a2} and B {b1}; three images whose heads disagree in two of them."""
     from configuration_vit_yoga import ViTYogaConfig
-    from vit_yoga.evaluation import marginalise, tree_results
+    from vit_yoga.evaluation import tree_results
 
     tree = {"hierarchy_levels": ["coarse", "fine"], "hierarchy_class_names": [["A", "B"], ["a1", "a2", "b1"]],
             "hierarchy_parents": [[0, 0, 1]]}
@@ -259,11 +259,14 @@ def test_tree_results_of_hand_made_joint_heads(in_memory_metric):
     assert results["decodings"]["risk"]["path_consistency"] == 1.0
     json.dumps(results)
 
-    # A one-head model: the model's tree_probabilities and the evaluation's own marginalisation agree.
+    # An image whose coarse head is sure of B while its fine head is sure of a1 (the truth): marginalised reads the
+    # fine head alone (a1); the product rule follows B (p(A) p(a1) = 0.0061 < p(B) p(b1) = 0.045).
+    sure_b, sure_a1 = np.array([[0, 5]], dtype=np.float32), np.array([[3, 0, 0]], dtype=np.float32)
+    split = tree_results(joint, (sure_b, sure_a1), np.array([[0, 0]]), in_memory_metric)["decodings"]
+    assert split["marginalised"]["levels"]["fine"]["accuracy"] == 1.0
+    assert split["combined"]["levels"]["fine"]["accuracy"] == 0.0
+    # A one-head model with the joint model's fine head: its only reading is the joint model's marginalised one.
     one_head = ViTYogaConfig(**tree, label_level="fine")
     single = tree_results(one_head, fine, references[:, 1], in_memory_metric)
     assert "coarse" not in single["decodings"]["heads"]["levels"]
-    assert single["decodings"]["marginalised"] == single["decodings"]["combined"]
-    probabilities = np.exp(fine) / np.exp(fine).sum(1, keepdims=True)
-    np.testing.assert_allclose(marginalise(probabilities, [[0, 0, 1]])[0],
-                               [[probabilities[i, :2].sum(), probabilities[i, 2]] for i in range(3)])
+    assert single["decodings"]["marginalised"] == single["decodings"]["combined"] == marginalised

@@ -5,7 +5,6 @@ mistake severity; and, for a model with a label hierarchy, every level under eac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,24 +79,6 @@ def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return flat
 
 
-def marginalise(finest: np.ndarray, parents: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Probabilities of every level, coarsest first, from the finest level's: each class gets the sum of its
-    children's (the reference tree_results checks tree_probabilities against)."""
-    levels = [np.asarray(finest, dtype=np.float64)]
-    for level_parents in reversed(parents):
-        level_parents = np.asarray(level_parents)
-        coarse = np.zeros((len(levels[0]), int(level_parents.max()) + 1))
-        np.add.at(coarse.T, level_parents, levels[0].T)
-        levels.insert(0, coarse)
-    return levels
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 def tree_results(config, logits, references: np.ndarray, metric: evaluate.EvaluationModule | None = None,
                  rule: str | None = None) -> dict[str, Any]:
     """Every predicted level of a hierarchical model under each decoding of ``DECODINGS``: top-1 (and top-5 where
@@ -127,9 +108,11 @@ def tree_results(config, logits, references: np.ndarray, metric: evaluate.Evalua
     for level_parents in reversed(parents):
         level_references.insert(0, level_parents[level_references[0]])
 
+    model_logits = [torch.from_numpy(h) for h in heads] if len(heads) > 1 else torch.from_numpy(heads[0])
     with torch.no_grad():
-        combined = [p.double().numpy() for p in tree_probabilities(
-            config, [torch.from_numpy(h) for h in heads] if len(heads) > 1 else torch.from_numpy(heads[0]), rule)]
+        combined = [p.double().numpy() for p in tree_probabilities(config, model_logits, rule)]
+        # The finest head alone, its softmax summed up the tree (a one-head model's only reading).
+        marginalised = [p.double().numpy() for p in tree_probabilities(config, model_logits, "finest")]
         torch_combined = [torch.from_numpy(p) for p in combined]
         path = most_probable_path(config, torch_combined)[0].numpy()
         risk = minimum_risk_path(config, torch_combined)[0].numpy()
@@ -137,7 +120,7 @@ def tree_results(config, logits, references: np.ndarray, metric: evaluate.Evalua
     head_scores: list[np.ndarray | None] = [None] * (len(levels) - 1) + [heads[-1]] if len(heads) == 1 else heads
     decodings: dict[str, list[np.ndarray | None]] = {
         "heads": head_scores,
-        "marginalised": marginalise(_softmax(heads[-1]), parents),
+        "marginalised": marginalised,
         "combined": combined,
         "path": [path[:, i] for i in range(len(levels))],
         "risk": [risk[:, i] for i in range(len(levels))],
