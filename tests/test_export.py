@@ -177,7 +177,8 @@ def test_int8_model_is_smaller_and_a_failed_check_writes_nothing(tmp_path, photo
     assert not output.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
-    results = export_onnx(checkpoint, output, quantize="dynamic", check_images=[photos], int8_min_agreement=0.0)
+    results = export_onnx(checkpoint, output, quantize="dynamic", check_images=[photos], int8_min_agreement=0.0,
+                          calibration_limit=16)
     fp32, int8 = (output / "model.onnx").stat().st_size, (output / "model_int8.onnx").stat().st_size
     assert int8 < 0.75 * fp32
     agreement = results["checks"][str(photos)]["int8"]["top1_agreement"]
@@ -198,6 +199,37 @@ def test_int8_model_is_smaller_and_a_failed_check_writes_nothing(tmp_path, photo
         export_onnx(checkpoint, output, check_images=[photos])
 
 
+def test_int8_keeps_the_layer_whose_quantisation_flips_answers_in_fp32(tmp_path, photos):
+    """One layer made hostile to int8 (a weight 400x the others: per-tensor int8 rounds the rest of that matrix to
+    a few levels) must be the first kept in fp32, chosen on the calibration images, and the check images must then
+    agree at the required share; every other layer stays int8."""
+    import onnx
+
+    checkpoint = save_checkpoint(tmp_path / "model", "single")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(checkpoint / "model.safetensors")
+    hostile = "vit.layers.1.mlp.fc1.weight"
+    assert hostile in weights, sorted(weights)
+    weights[hostile][0, 0] = 400 * weights[hostile].abs().max()
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+    results = export_onnx(checkpoint, tmp_path / "onnx", quantize="dynamic", check_images=[photos],
+                          calibration_limit=48)
+    int8 = results["int8"]
+    assert int8["calibration_images"] == 48 and int8["calibration_source"] == "synthetic"
+    assert int8["calibration_agreement_all_int8"] < int8["calibration_aim"] == pytest.approx(0.995)
+    assert int8["fp32_layers"][0] == "/model/vit/layers.1/mlp/fc1/MatMul", int8["fp32_layers"]
+    assert int8["calibration_agreement"] >= 0.995 and len(int8["fp32_layers"]) <= int8["layers"] // 2
+    assert results["checks"][str(photos)]["int8"]["top1_agreement"]["logits"] >= 0.99
+    graph = onnx.load(str(tmp_path / "onnx" / "model_int8.onnx")).graph
+    float_matmuls = {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")}
+    assert set(int8["fp32_layers"]) <= float_matmuls
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == int8["layers"] - len(int8["fp32_layers"])
+    exported = json.loads((tmp_path / "onnx" / "export_results.json").read_text())
+    assert exported["int8"]["fp32_layers"] == int8["fp32_layers"]
+
+
 def test_bad_arguments_are_refused_with_the_fix_before_any_work(tmp_path, photos, capsys):
     checkpoint = save_checkpoint(tmp_path / "model", "flat")
     cases = [
@@ -207,6 +239,8 @@ def test_bad_arguments_are_refused_with_the_fix_before_any_work(tmp_path, photos
         (dict(check_images=[tmp_path / "model"]), "holds no images"),
         (dict(attn_implementation="flash_attention_2"), "ONNX has no such kernel"),
         (dict(exporter="jit"), "--exporter jit"),
+        (dict(quantize="dynamic", calibration_images=tmp_path / "nowhere"), "--calibration_images"),
+        (dict(quantize="dynamic", calibration_limit=0), "--calibration_limit 0"),
     ]
     for kwargs, message in cases:
         with pytest.raises(UsageError, match=re.escape(message)):
@@ -253,7 +287,8 @@ def test_predict_with_onnx_writes_the_rows_predict_with_the_checkpoint_writes(tm
     from vit_yoga import predict
 
     checkpoint = save_checkpoint(tmp_path / "model-predict", "joint")
-    export_onnx(checkpoint, tmp_path / "onnx", check_images=[photos], quantize="dynamic", int8_min_agreement=0.0)
+    export_onnx(checkpoint, tmp_path / "onnx", check_images=[photos], quantize="dynamic", int8_min_agreement=0.0,
+                calibration_limit=16)
     rows = {}
     for backend, flags in {"torch": ["--model", str(checkpoint)], "onnx": ["--onnx", str(tmp_path / "onnx")],
                            "int8": ["--onnx", str(tmp_path / "onnx"), "--int8"]}.items():

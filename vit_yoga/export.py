@@ -9,8 +9,10 @@ The folder it writes:
   level's, as the PyTorch model's ``logits``), for a joint model every level's ``logits_<level>``, and, when the
   model code has the hierarchy decoding (``tree_probabilities``), ``probabilities_<level>`` for every level of
   ``predicted_levels``: tree-consistent probabilities, each coarse one the sum of its children's.
-- ``model_int8.onnx`` with ``--quantize dynamic``: ONNX Runtime's dynamic quantisation (int8 weights of every
-  MatMul/Gemm, activations quantised on the fly).
+- ``model_int8.onnx`` with ``--quantize dynamic``: ONNX Runtime's dynamic quantisation (int8 weights of the
+  MatMul/Gemm layers, activations quantised on the fly), mixed precision: the layers whose int8 changes the top-1
+  most on calibration images (``--calibration_images``, default the synthetic poses' validation split) stay fp32
+  until the int8 model agrees with fp32 there (``quantize_with_sensitivity``).
 - ``config.json`` (the checkpoint's: label names, tree, decoding rule), ``preprocessor_config.json`` (how to prepare
   an image), ``labels.json`` (levels, names, parents and which output holds which level: all a program with ONNX
   Runtime alone needs) and ``export_results.json`` (what the checks measured).
@@ -62,7 +64,9 @@ EXPORTABLE_ATTENTION = ("eager", "sdpa")
 EXPORTERS = ("torchscript", "dynamo")
 CLASSIFIERS = ("ViTYogaForImageClassification", "ViTYogaForHierarchicalClassification")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-SYNTHETIC = "synthetic"  # --check_images word for the synthetic poses' test split
+SYNTHETIC = "synthetic"  # --check_images word for the synthetic poses' test split (--calibration_images: train)
+CALIBRATION_LIMIT = 512  # calibration images for the int8 layer choice
+RANKING_IMAGES = 128  # of which the per-layer damage ranking uses the first
 
 
 def require_onnx() -> None:
@@ -244,7 +248,7 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def check_folders(folders: Sequence[str | Path] | None) -> list[Path | str]:
+def check_folders(folders: Sequence[str | Path] | None, option: str = "--check_images") -> list[Path | str]:
     """The ``--check_images`` sources, each folder checked to hold images (before any long work); the word
     ``synthetic`` stands for the synthetic poses' test split. None or empty: the synthetic test split alone."""
     result: list[Path | str] = []
@@ -254,10 +258,10 @@ def check_folders(folders: Sequence[str | Path] | None) -> list[Path | str]:
             continue
         folder = Path(folder)
         if not folder.is_dir():
-            raise UsageError(f"--check_images {folder} is not a folder; give a folder of photos (any depth) or "
+            raise UsageError(f"{option} {folder} is not a folder; give a folder of photos (any depth) or "
                              f"{SYNTHETIC!r}.")
         if not image_files(folder):
-            raise UsageError(f"--check_images {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+            raise UsageError(f"{option} {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
         result.append(folder)
     return result
 
@@ -273,6 +277,25 @@ def synthetic_test_images() -> list[Any]:
 
     drawn = build_synthetic(images_per_class=8, validation_fraction=0.0, test_fraction=0.0, progress=False)
     return [load_image(row["image"]) for row in drawn["train"]]
+
+
+def synthetic_calibration_images(limit: int = CALIBRATION_LIMIT) -> list[Any]:
+    """Images of the synthetic poses' validation split (train.py's default set: 40 per pose, seed 0; indices 8-15
+    of each pose), never one of ``synthetic_test_images``: the int8 layer choice is made on these, the checks then
+    run on the test split. Not the training split: a model is surer of its training images than of any other, so
+    int8 flips fewer of them (measured: all-int8 agreed on 99.2 % of the training images, 98.3 % of the test
+    images). Pose by pose, so any ``limit`` covers the poses evenly."""
+    import numpy as np
+
+    from yoga82.synthetic import LABEL_82_NAMES, draw_pose
+
+    images = []
+    for index in range(8, 16):
+        for pose in range(len(LABEL_82_NAMES)):
+            if len(images) == limit:
+                return images
+            images.append(draw_pose(pose, np.random.default_rng([0, pose, index]), 64).convert("RGB"))
+    return images
 
 
 def load_photos(folder: Path, limit: int | None = None) -> list[Any]:
@@ -364,14 +387,18 @@ def export_onnx(
     exporter: str = "torchscript",
     tolerance: float = 1e-4,
     int8_min_agreement: float = 0.99,
+    calibration_images: str | Path = SYNTHETIC,
+    calibration_limit: int = CALIBRATION_LIMIT,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` (a ViTYoga folder or Hub id) to ``output_dir`` after checking the graphs against PyTorch.
 
     ``check_images``: folders of photos, or ``"synthetic"`` (the synthetic poses' test split: the default);
     ``check_limit`` caps the
-    photos taken from each. Returns what ``export_results.json`` holds. Raises ``UsageError`` for bad arguments
-    (before loading anything), a model that cannot export, or a failed check (nothing written then).
+    photos taken from each. With ``quantize="dynamic"``, ``calibration_images`` (a folder, or ``"synthetic"``: the
+    synthetic poses' validation split) are where the layers kept in fp32 are chosen (``quantize_with_sensitivity``),
+    at most ``calibration_limit`` of them. Returns what ``export_results.json`` holds. Raises ``UsageError`` for
+    bad arguments (before loading anything), a model that cannot export, or a failed check (nothing written then).
     """
     require_onnx()
     output_dir = Path(output_dir)
@@ -389,6 +416,13 @@ def export_onnx(
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise UsageError(f"--output_dir {output_dir} exists and is not empty; pass --overwrite or pick another folder.")
     folders = check_folders(check_images)
+    if quantize == "dynamic":
+        if calibration_limit < 1:
+            raise UsageError(f"--calibration_limit {calibration_limit}: give at least 1 (default {CALIBRATION_LIMIT}).")
+        calibration_source = check_folders([calibration_images], "--calibration_images")[0]
+        if calibration_source in folders and calibration_source != SYNTHETIC:
+            logger.warning("--calibration_images %s is also a --check_images folder: the int8 check then runs on "
+                           "the images its layers were chosen on and overstates the agreement.", calibration_source)
     if exporter == "dynamo":
         try:
             import onnxscript  # noqa: F401
@@ -421,7 +455,12 @@ def export_onnx(
         results["export_seconds"] = round(time.perf_counter() - started, 2)
         sessions = {"fp32": ort_session(fp32_path)}
         if quantize == "dynamic":
-            quantize_dynamic_int8(fp32_path, staging / INT8_FILE)
+            calibration = (synthetic_calibration_images(calibration_limit) if calibration_source == SYNTHETIC
+                           else load_photos(Path(calibration_source), calibration_limit))
+            results["int8"] = quantize_with_sensitivity(
+                fp32_path, staging / INT8_FILE, wrapper.spec, preprocess(processor, calibration).numpy(),
+                int8_min_agreement)
+            results["int8"]["calibration_source"] = str(calibration_source)
             sessions["int8"] = ort_session(staging / INT8_FILE)
         failures = []
         for source, pixel_values in pixels.items():
@@ -442,8 +481,11 @@ def export_onnx(
                 agreement = min(checks["int8"]["top1_agreement"].values())
                 if agreement < int8_min_agreement:
                     failures.append(f"{source}: int8 top-1 agrees with PyTorch on {agreement:.1%} of "
-                                    f"{len(pixel_values)} images < {int8_min_agreement:.0%} (near-tied logits flip in "
-                                    "int8; lower --int8_min_agreement to export it anyway)")
+                                    f"{len(pixel_values)} images < {int8_min_agreement:.0%} with "
+                                    f"{len(results['int8']['fp32_layers'])} of {results['int8']['layers']} layers "
+                                    "kept fp32 (near-tied logits flip in int8; choose the layers on photos like "
+                                    "these with --calibration_images, or lower --int8_min_agreement to export it "
+                                    "anyway)")
         if failures:
             raise UsageError("the exported model does not match PyTorch; nothing was written. " + "; ".join(failures))
         for name, path in (("fp32", fp32_path), ("int8", staging / INT8_FILE)):
@@ -456,32 +498,131 @@ def export_onnx(
     return results
 
 
-def quantize_dynamic_int8(source: Path, target: Path) -> None:
-    """ONNX Runtime's dynamic quantisation: int8 weights for the network's MatMul/Gemm layers (nearly all of a ViT's
-    FLOPs), activations quantised per batch at run time. Convolutions stay fp32 (ConvInteger has no fast CPU kernel
-    and the patch embedding is a small share of the time), and so do the products that sum children's probabilities
-    into their parents' (``tree_probabilities``): exact in fp32, they are bookkeeping, not learned weights.
-
-    Measured on the 10-epoch level-3 vit-pico (README, Deploy; default 95.3% top-1 agreement): per-channel weights,
-    reduced range or uint8 weights gave 87.8% to 96.3%, uint8 per-channel weights with the MLPs' second layer in fp32
-    97.3%; none reached 99%, so the defaults (the fastest kernels) stay.
-    """
-    import onnx
+def decoding_nodes(graph: Any) -> list[str]:
+    """The MatMul/Gemm nodes of ``tree_probabilities``: products with a 0/1 child -> parent matrix, which sum
+    children's probabilities into their parents'. Exact in fp32, they are bookkeeping, not learned weights, and
+    never get quantised."""
     from onnx import numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(source)).graph
     constants = {tensor.name: tensor for tensor in graph.initializer}
     constants |= {node.output[0]: attribute.t for node in graph.node if node.op_type == "Constant"
                   for attribute in node.attribute if attribute.name == "value"}
 
-    def is_parent_matrix(name: str) -> bool:  # 0/1 entries: the one-hot child -> parent matrices, never a weight
+    def is_parent_matrix(name: str) -> bool:
         return name in constants and bool(np.isin(numpy_helper.to_array(constants[name]), (0, 1)).all())
 
-    decoding = [node.name for node in graph.node
-                if node.op_type in ("MatMul", "Gemm") and any(map(is_parent_matrix, node.input))]
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     nodes_to_exclude=decoding)
+    return [node.name for node in graph.node
+            if node.op_type in ("MatMul", "Gemm") and any(map(is_parent_matrix, node.input))]
+
+
+def weight_nodes(graph: Any) -> list[str]:
+    """The network's MatMul/Gemm nodes with a constant weight (what dynamic quantisation turns into int8), in
+    graph order, without the tree decoding's products."""
+    constants = {tensor.name for tensor in graph.initializer}
+    constants |= {node.output[0] for node in graph.node if node.op_type == "Constant"}
+    decoding = set(decoding_nodes(graph))
+    return [node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")
+            and node.name not in decoding and any(name in constants for name in node.input)]
+
+
+def quantize_dynamic_int8(source: Path, target: Path, nodes: Sequence[str] | None = None) -> None:
+    """ONNX Runtime's dynamic quantisation of ``nodes`` (default: every weight MatMul/Gemm, nearly all of a ViT's
+    FLOPs): int8 weights, activations quantised per batch at run time. Convolutions stay fp32 (ConvInteger has no
+    fast CPU kernel and the patch embedding is a small share of the time), and so do the tree decoding's products
+    (``decoding_nodes``)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if nodes is None:
+        nodes = weight_nodes(onnx.load(str(source)).graph)
+    root = logging.getLogger()
+    level = root.level
+    # The quantiser warns on the root logger, at every call, that the model could be pre-processed (shape
+    # inference; it changes nothing for a graph whose MatMul shapes torch's exporter already wrote).
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=list(nodes))
+    finally:
+        root.setLevel(level)
+
+
+def logits_outputs(session: Any, spec: OutputSpec, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Every ``logits`` output of ``session`` on ``pixel_values``, side by side (images, sum of the levels' classes)."""
+    names = [name for name, kind in zip(spec.names, spec.kinds, strict=True) if kind == "logits"]
+    parts = [np.concatenate(session.run(names, {INPUT_NAME: pixel_values[start:start + batch_size]}), axis=-1)
+             for start in range(0, len(pixel_values), batch_size)]
+    return np.concatenate(parts)
+
+
+def quantize_with_sensitivity(
+    source: Path, target: Path, spec: OutputSpec, pixel_values: np.ndarray, min_agreement: float,
+    max_fp32_share: float = 0.5,
+) -> dict[str, Any]:
+    """Dynamic int8 with the layers whose quantisation changes the answers most left in fp32 (mixed precision).
+
+    ONNX Runtime's quantiser quantises what it is told to; choosing what not to quantise is the one part done here.
+    On the calibration images (``pixel_values``, never the images the checks then run on): quantise every weight
+    layer; if the int8 top-1 agrees with fp32 on fewer than ``min_agreement`` of them, rank the layers by the mean
+    squared change of the logits when each alone is quantised, and keep the worst in fp32 one at a time until the
+    agreement is reached or ``max_fp32_share`` of the layers are fp32. The agreement aimed at is halfway between
+    ``min_agreement`` and 100 % (99.5 % for 99 %): the checks run on other images, whose share varies by about
+    that much. Returns what was chosen and measured.
+
+    Why (README, Deploy): on the 30-epoch out-of-the-box vit-pico, 8-bit weights alone (no activation quantisation)
+    move the logits by 0.01-0.05 while 3 % of real photos have their two best classes closer than 0.05, so every
+    all-int8 scheme tried (dynamic, static QDQ with MinMax/percentile/entropy calibration, per-channel, weight-only
+    8-bit blocks) flipped 1-3 % of the top-1s; the first layer is the most sensitive.
+    """
+    import onnx
+
+    nodes = weight_nodes(onnx.load(str(source)).graph)
+    reference = logits_outputs(ort_session(source), spec, pixel_values)
+    levels = _logit_ranges(spec, ort_session(source), pixel_values[:1])
+
+    def agreement(path: Path) -> float:
+        got = logits_outputs(ort_session(path), spec, pixel_values)
+        return min(float((reference[:, a:b].argmax(-1) == got[:, a:b].argmax(-1)).mean()) for a, b in levels)
+
+    quantize_dynamic_int8(source, target, nodes)
+    first = agreement(target)
+    aim = 1 - (1 - min_agreement) / 2
+    result: dict[str, Any] = {"calibration_images": len(pixel_values), "layers": len(nodes), "fp32_layers": [],
+                              "calibration_aim": aim, "calibration_agreement_all_int8": first,
+                              "calibration_agreement": first}
+    if first >= aim:
+        return result
+    damage = {}
+    sample = pixel_values[:RANKING_IMAGES]  # a squared error is steady on fewer images than a share of flips
+    sample_reference = reference[:RANKING_IMAGES]
+    for node in tqdm_progress(nodes, "Ranking layers by int8 damage"):
+        quantize_dynamic_int8(source, target, [node])
+        damage[node] = float(((logits_outputs(ort_session(target), spec, sample) - sample_reference) ** 2).mean())
+    ranked = sorted(nodes, key=lambda node: -damage[node])
+    for count in range(1, int(max_fp32_share * len(nodes)) + 1):
+        kept = ranked[:count]
+        quantize_dynamic_int8(source, target, [node for node in nodes if node not in kept])
+        share = agreement(target)
+        result.update(fp32_layers=kept, calibration_agreement=share)
+        logger.info("int8 with %d layer(s) in fp32: %.2f%% top-1 agreement on the calibration images", count,
+                    100 * share)
+        if share >= aim:
+            break
+    return result
+
+
+def _logit_ranges(spec: OutputSpec, session: Any, one: np.ndarray) -> list[tuple[int, int]]:
+    """Column ranges of each ``logits`` output inside ``logits_outputs``' side-by-side array."""
+    names = [name for name, kind in zip(spec.names, spec.kinds, strict=True) if kind == "logits"]
+    widths = [output.shape[-1] for output in session.run(names, {INPUT_NAME: one})]
+    edges = np.cumsum([0, *widths])
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
+def tqdm_progress(items: Sequence[Any], description: str) -> Iterable[Any]:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="layer", leave=False)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -506,6 +647,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest fp32 output difference accepted")
     parser.add_argument("--int8_min_agreement", type=float, default=0.99,
                         help="smallest share of images whose int8 top-1 must equal PyTorch's")
+    parser.add_argument("--calibration_images", default=SYNTHETIC, metavar="DIR",
+                        help="with --quantize: photos on which the layers kept in fp32 are chosen ('synthetic', the "
+                        "default: the synthetic poses' validation split; best: your own validation photos)")
+    parser.add_argument("--calibration_limit", type=int, default=CALIBRATION_LIMIT,
+                        help=f"at most this many calibration photos (default {CALIBRATION_LIMIT})")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     return parser.parse_args(argv)
 
@@ -518,6 +664,12 @@ def summary_lines(results: dict[str, Any]) -> Iterable[str]:
                f"{min(fp32['top1_agreement'].values()):.1%}")
         if "int8" in checks:
             yield f"    int8 top-1 agreement with PyTorch {min(checks['int8']['top1_agreement'].values()):.1%}"
+    if "int8" in results:
+        int8 = results["int8"]
+        yield (f"int8: {int8['layers'] - len(int8['fp32_layers'])} of {int8['layers']} layers int8, "
+               f"{len(int8['fp32_layers'])} kept fp32 ({', '.join(int8['fp32_layers']) or 'none'}); chosen on "
+               f"{int8['calibration_images']} calibration images ({int8['calibration_source']}): agreement "
+               f"{int8['calibration_agreement_all_int8']:.1%} all-int8 -> {int8['calibration_agreement']:.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -529,7 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         results = export_onnx(
             args.model, args.output_dir, quantize=args.quantize, opset=args.opset, check_images=args.check_images,
             check_limit=args.check_limit, attn_implementation=args.attn_implementation, exporter=args.exporter,
-            tolerance=args.tolerance, int8_min_agreement=args.int8_min_agreement, overwrite=args.overwrite,
+            tolerance=args.tolerance, int8_min_agreement=args.int8_min_agreement,
+            calibration_images=args.calibration_images, calibration_limit=args.calibration_limit,
+            overwrite=args.overwrite,
         )
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
