@@ -4,7 +4,10 @@ Each model is exported exactly as ``python -m vit_yoga.export`` exports it (the 
 the int8 model by the same dynamic quantisation), and transformers' ``ViTForImageClassification`` of the same size
 goes through the same exporter as the peer. For each model and batch size the backends are timed in interleaved
 rounds (the order rotates every round), so that a noisy machine slows all of them alike; each time is the median
-over rounds and each ratio (backend / PyTorch eager, as a speed-up) the median of the per-round ratios.
+over rounds and each ratio (backend / PyTorch eager, as a speed-up) the median of the per-round ratios. Each timing
+runs in a fresh process with that backend alone (``--isolation process``, the default): ONNX Runtime's threads spin
+between runs, as they do on a server, which in one process with PyTorch would starve PyTorch (``--isolation none``
+times all in this process with spinning off).
 
     python benchmarks/bench_inference.py                                  # every model, batch 1 and 32
     python benchmarks/bench_inference.py --models vit-ti16-sdpa --batch_sizes 1 --rounds 3 --json runs/bench.json
@@ -90,15 +93,17 @@ def opset_for(exporter: str) -> int:
     return DYNAMO_OPSET if exporter == "dynamo" else DEFAULT_OPSET
 
 
-def ort_runner(path: Path, threads: int, names: list[str]) -> Callable[[np.ndarray], Any]:
+def ort_runner(path: Path, threads: int, names: list[str], spinning: bool = False) -> Callable[[np.ndarray], Any]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    # ONNX Runtime's threads spin for a while after each run by default; in one process beside PyTorch that
-    # starves PyTorch's OpenMP threads (measured: ViT-Ti/16 eager at batch 1 fell from ~27 to 0.8 img/s), so the
-    # ratios would measure the spinning, not the backends. A server runs one backend; this compares them.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ONNX Runtime's threads spin between runs by default; in one process beside PyTorch that starves PyTorch's
+    # OpenMP threads (measured: ViT-Ti/16 eager at batch 1 fell from ~27 to 0.8-2.5 img/s, also with
+    # session.force_spinning_stop), so in one process spinning is off. In its own process (--isolation process, the
+    # default) ONNX Runtime runs as a server runs it: spinning on.
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda pixels: session.run(names, {"pixel_values": pixels})
 
@@ -112,6 +117,36 @@ def time_call(call: Callable[[], Any], min_seconds: float) -> float:
         elapsed = time.perf_counter() - started
         if elapsed >= min_seconds:
             return elapsed / count
+
+
+def worker(job: dict[str, Any]) -> float:
+    """One backend alone in this process (``--isolation process``): seconds per call of ``job``'s model and batch."""
+    torch.set_num_threads(job["threads"])
+    image_size = 64 if job["model"] == "vit-pico" else 224
+    x = torch.randn(job["batch"], 3, image_size, image_size)
+    if job["backend"].startswith("ort-"):
+        run_ort = ort_runner(Path(job["path"]), job["threads"], job["names"], spinning=True)
+        pixels = x.numpy()
+        call = lambda: run_ort(pixels)  # noqa: E731
+    else:
+        wrapper = build(job["model"])
+        model = torch.compile(wrapper) if job["backend"] == "compile" else wrapper
+        call = lambda: model(x)  # noqa: E731
+    with torch.inference_mode():
+        call()
+        call()
+        return time_call(call, job["min_seconds"])
+
+
+def time_in_own_process(job: dict[str, Any]) -> float:
+    """``worker(job)`` in a fresh Python process; the parent waits, so nothing else of ours runs meanwhile."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(job)], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{job['backend']} on {job['model']} failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
@@ -139,7 +174,19 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict
         runners["ort-int8"] = lambda _, pixels: run_int8(pixels)
 
     rows = []
-    for batch in args.batch_sizes:
+    if args.isolation == "process":
+        paths = {"ort-fp32": str(fp32), "ort-int8": str(int8)}
+        for batch in args.batch_sizes:
+            times = {backend: [] for backend in args.backends}
+            order = list(args.backends)
+            for round_index in range(args.rounds):
+                shift = round_index % len(order)
+                for backend in order[shift:] + order[:shift]:
+                    times[backend].append(time_in_own_process({
+                        "model": name, "backend": backend, "batch": batch, "threads": args.threads,
+                        "min_seconds": args.min_seconds, "path": paths.get(backend), "names": names}))
+            rows += summarise(name, batch, times)
+    for batch in args.batch_sizes if args.isolation == "none" else []:
         x = torch.randn(batch, 3, image_size, image_size)
         pixels = x.numpy()
         with torch.inference_mode():
@@ -156,18 +203,24 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict
                 for backend in order[shift:] + order[:shift]:
                     call = lambda run=runners[backend], x=x, pixels=pixels: run(x, pixels)
                     times[backend].append(time_call(call, args.min_seconds))
-        for backend, seconds in times.items():
-            ratio = (statistics.median(e / s for e, s in zip(times["eager"], seconds, strict=True))
-                     if "eager" in times else None)
-            rows.append({"model": name, "batch": batch, "backend": backend,
-                         "images_per_second": batch / statistics.median(seconds), "speedup_vs_eager": ratio})
-        line = ", ".join(f"{r['backend']} {r['images_per_second']:.1f} img/s"
-                         + (f" ({r['speedup_vs_eager']:.2f}x)" if r["speedup_vs_eager"] else "")
-                         for r in rows if r["batch"] == batch)
-        print(f"  batch {batch}: {line}", flush=True)
+        rows += summarise(name, batch, times)
     for row in rows:
         row["megabytes"] = {"ort-fp32": fp32.stat().st_size / 2**20, "ort-int8": int8.stat().st_size / 2**20}.get(
             row["backend"])
+    return rows
+
+
+def summarise(name: str, batch: int, times: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Rows of one model and batch: each backend's median speed and median per-round speed-up over eager."""
+    rows = []
+    for backend, seconds in times.items():
+        ratio = (statistics.median(e / s for e, s in zip(times["eager"], seconds, strict=True))
+                 if "eager" in times else None)
+        rows.append({"model": name, "batch": batch, "backend": backend,
+                     "images_per_second": batch / statistics.median(seconds), "speedup_vs_eager": ratio})
+    line = ", ".join(f"{r['backend']} {r['images_per_second']:.1f} img/s"
+                     + (f" ({r['speedup_vs_eager']:.2f}x)" if r["speedup_vs_eager"] else "") for r in rows)
+    print(f"  batch {batch}: {line}", flush=True)
     return rows
 
 
@@ -183,6 +236,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "machine whose cores other processes also load, use 1: PyTorch's OpenMP threads then wait "
                         "for each other (vit-pico fell from 108 to 1.7 img/s at load 12 on 2 cores), which would "
                         "measure the load, not the backends")
+    parser.add_argument("--isolation", choices=("process", "none"), default="process",
+                        help="process (default): every timing in a fresh process running that backend alone, ONNX "
+                        "Runtime with its default spinning threads, as a server runs it; none: all backends in this "
+                        "process, interleaved, ONNX Runtime's spinning off (it would starve PyTorch)")
     parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     parser.add_argument("--json", type=Path, default=None, help="write the rows and the machine here")
     args = parser.parse_args(argv)
@@ -194,13 +251,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_worker"]:
+        print(worker(json.loads(argv[1])))
+        return 0
     args = parse_args(argv)
     import onnxruntime
 
     torch.set_num_threads(args.threads)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
                "load_average": os.getloadavg(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-               "exporter": args.exporter, "opset": opset_for(args.exporter),
+               "exporter": args.exporter, "opset": opset_for(args.exporter), "isolation": args.isolation,
                "date": datetime.now(timezone.utc).isoformat()}
     print(f"threads {args.threads}, load average {machine['load_average']}, torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}", flush=True)

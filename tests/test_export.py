@@ -384,7 +384,7 @@ def test_bench_inference_times_every_backend_side_by_side(tmp_path):
     out = tmp_path / "bench.json"
     assert bench_inference.main(["--models", "vit-pico", "--batch_sizes", "1", "3", "--rounds", "2", "--min_seconds",
                                  "0", "--backends", "eager", "ort-fp32", "ort-int8", "--threads", "1",
-                                 "--json", str(out)]) == 0
+                                 "--isolation", "none", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {(r["batch"], r["backend"]) for r in rows} == {(b, k) for b in (1, 3) for k in ("eager", "ort-fp32",
                                                                                          "ort-int8")}
@@ -392,3 +392,17 @@ def test_bench_inference_times_every_backend_side_by_side(tmp_path):
     assert [row["speedup_vs_eager"] for row in rows if row["backend"] == "eager"] == [1.0, 1.0]  # its own baseline
     sizes = {r["backend"]: r["megabytes"] for r in rows if r["batch"] == 1}
     assert sizes["ort-int8"] < 0.5 * sizes["ort-fp32"]  # int8 weights: a quarter of fp32's, plus the graph
+
+
+def test_bench_inference_can_time_each_backend_alone_in_its_own_process(tmp_path):
+    """The default isolation: each timing in a fresh process that runs one backend (two processes here)."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_inference.py"), "--models", "vit-pico",
+                           "--batch_sizes", "2", "--rounds", "1", "--min_seconds", "0", "--backends", "eager",
+                           "ort-fp32", "--threads", "1", "--json", str(out)], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    document = json.loads(out.read_text())
+    assert document["machine"]["isolation"] == "process"
+    assert [(r["backend"], r["batch"]) for r in document["rows"]] == [("eager", 2), ("ort-fp32", 2)]
+    assert all(row["images_per_second"] > 0 for row in document["rows"])
