@@ -207,6 +207,7 @@ def test_bad_arguments_are_refused_with_the_fix_before_any_work(tmp_path, photos
         (dict(check_images=[tmp_path / "model"]), "holds no images"),
         (dict(attn_implementation="flash_attention_2"), "ONNX has no such kernel"),
         (dict(exporter="jit"), "--exporter jit"),
+        (dict(attention_maps=True, attn_implementation="sdpa"), "only eager attention returns its weights"),
     ]
     for kwargs, message in cases:
         with pytest.raises(UsageError, match=re.escape(message)):
