@@ -1,5 +1,6 @@
-"""app.py, the demo: attention rollout, reading photos, the answer, the Space it writes; then the page itself in a real
-headless Chromium and through gradio_client (slow: one app launch for the module)."""
+"""app.py, the demo: attention rollout, reading photos, the answer, the Space it writes, the same answers from an ONNX
+export without torch (--onnx); then the page itself in a real headless Chromium and through gradio_client (slow: one
+app launch for the module)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ HIERARCHY = yoga82.hierarchy()
 LEVELS = HIERARCHY["hierarchy_levels"]
 NAMES = dict(zip(LEVELS, HIERARCHY["hierarchy_class_names"], strict=True))
 REAL_PHOTOS = PROJECT_ROOT.parent / "shared" / "real-photos" / "images"
+EXAMPLES = PROJECT_ROOT / "examples"
 
 
 def real_photo() -> Path:
@@ -65,21 +67,40 @@ def test_rollout_of_uniform_attention_is_uniform_over_patches():
     """L layers of uniform attention over T tokens: each is 0.5 I + 0.5 U (U = all 1/T, U @ U = U), so the product is
     0.5^L I + (1 - 0.5^L) U and every patch gets (1 - 0.5^L) / T."""
     tokens, layers = 5, 3
-    uniform = torch.full((2, 3, tokens, tokens), 1 / tokens)  # (batch, heads, tokens, tokens)
+    uniform = np.full((2, 3, tokens, tokens), 1 / tokens, dtype=np.float32)  # (batch, heads, tokens, tokens)
     rollout = app["attention_rollout"]([uniform] * layers)
-    assert rollout.shape == (2, tokens - 1)
-    torch.testing.assert_close(rollout, torch.full((2, tokens - 1), (1 - 0.5**layers) / tokens))
+    assert rollout.shape == (2, tokens - 1) and rollout.dtype == np.float32
+    np.testing.assert_allclose(rollout, np.full((2, tokens - 1), (1 - 0.5**layers) / tokens), rtol=1e-6)
 
 
 def test_rollout_follows_attention_through_layers():
     """The class token attends only to patch 2 in the last layer, patch 2 attended only to patch 3 in the first: the
     rollout credits patch 3 (0.5 x 0.5) as much as patch 2, and no other patch."""
     tokens = 5
-    first, last = torch.eye(tokens), torch.eye(tokens)
-    first[2] = torch.nn.functional.one_hot(torch.tensor(3), tokens)
-    last[0] = torch.nn.functional.one_hot(torch.tensor(2), tokens)
+    first, last = np.eye(tokens, dtype=np.float32), np.eye(tokens, dtype=np.float32)
+    first[2] = np.eye(tokens)[3]
+    last[0] = np.eye(tokens)[2]
     rollout = app["attention_rollout"]([first[None, None], last[None, None]])[0]
-    torch.testing.assert_close(rollout, torch.tensor([0.0, 0.25, 0.25, 0.0]))
+    np.testing.assert_allclose(rollout, [0.0, 0.25, 0.25, 0.0], atol=1e-7)
+
+
+def torch_rollout(attentions: list[torch.Tensor], residual: float = 0.5) -> torch.Tensor:
+    """The rollout as app.py computed it in torch before the ONNX path existed: the reference for the numpy one."""
+    row = None
+    for layer in reversed(attentions):
+        mixed = layer.float().mean(dim=1)
+        mixed = residual * torch.eye(mixed.shape[-1]) + (1 - residual) * mixed
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        row = mixed[:, 0] if row is None else (row.unsqueeze(1) @ mixed).squeeze(1)
+    return row[:, 1:]
+
+
+def test_numpy_rollout_equals_the_torch_rollout():
+    """12 layers of 3 heads over 65 tokens (vit-pico's), softmaxed random scores as torch tensors: the numpy rollout
+    takes them as they come from the PyTorch model, and gives the torch computation's numbers."""
+    generator = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, 3, 65, 65, generator=generator).mul(3).softmax(-1) for _ in range(12)]
+    np.testing.assert_allclose(app["attention_rollout"](maps), torch_rollout(maps).numpy(), rtol=1e-5, atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------- the answer
@@ -202,9 +223,14 @@ def load_script_from(path: Path) -> dict:
 
 def test_app_imports_nothing_from_the_project_at_module_level():
     """A Space has app.py and the checkpoint only: app.py's imports are the libraries (yoga_common only inside
-    write_space, which runs from a clone)."""
+    write_space, which runs from a clone), and torch and transformers only inside the PyTorch path's functions (an
+    ONNX Space has neither)."""
     tree = ast.parse((PROJECT_ROOT / "app.py").read_text())
-    allowed = set(sys.stdlib_module_names) | {"numpy", "torch", "PIL", "transformers", "gradio", "huggingface_hub"}
+    allowed = set(sys.stdlib_module_names) | {"numpy", "torch", "PIL", "transformers", "gradio", "huggingface_hub",
+                                               "onnxruntime"}
+    at_module_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert not {(alias.name if isinstance(node, ast.Import) else node.module).split(".")[0]
+                for node in at_module_level for alias in node.names} & {"torch", "transformers"}
     write_space = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "write_space")
     inside_write_space = {id(node) for node in ast.walk(write_space)}
     for node in ast.walk(tree):
@@ -213,6 +239,168 @@ def test_app_imports_nothing_from_the_project_at_module_level():
             for name in names:
                 top = name.split(".")[0]
                 assert top in allowed or (top == "yoga_common" and id(node) in inside_write_space), name
+
+
+# ------------------------------------------------------------------------------------- the exported model (--onnx)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
+    """The tiny joint checkpoint (with a test_results.json, as a trained run has) exported twice, once for the module:
+    with attention maps ("maps") and without ("plain"); checked on the example photos."""
+    pytest.importorskip("onnxruntime", reason="the ONNX path needs onnxruntime: pip install -e '.[onnx]'")
+    pytest.importorskip("onnx", reason="the ONNX export needs onnx: pip install -e '.[onnx]'")
+    from vit_yoga.export import export_onnx
+
+    root = tmp_path_factory.mktemp("exports")
+    checkpoint = shutil.copytree(tiny_checkpoint, root / "checkpoint")
+    (checkpoint / "test_results.json").write_text(json.dumps({"test_label_6_accuracy": 0.9, "test_loss": 1.0}))
+    for name, maps in (("maps", True), ("plain", False)):
+        export_onnx(checkpoint, root / name, check_images=[EXAMPLES], attention_maps=maps)
+    return {"maps": root / "maps", "plain": root / "plain"}
+
+
+def probabilities_of(prediction: dict) -> dict[str, dict[str, float]]:
+    return {level: {c["label"]: c["score"] for c in classes} for level, classes in prediction["levels"].items()}
+
+
+def test_export_with_attention_maps_adds_every_layers_checked_against_pytorch(exports):
+    labels = json.loads((exports["maps"] / "labels.json").read_text())
+    assert labels["attention_maps"] == ["attentions_0", "attentions_1"]
+    assert not set(labels["attention_maps"]) & set(labels["outputs"])  # "outputs" keeps to the levels' outputs
+    assert json.loads((exports["plain"] / "labels.json").read_text())["attention_maps"] == []
+    results = json.loads((exports["maps"] / "export_results.json").read_text())
+    assert results["attn_implementation"] == "eager" and results["outputs"][-2:] == labels["attention_maps"]
+    fp32 = results["checks"][str(EXAMPLES)]["fp32"]["max_abs_difference"]
+    assert set(labels["attention_maps"]) <= set(fp32) and max(fp32.values()) <= 1e-4
+    assert results["parameters"] == 59_976 and results["reported_results"]["file"] == "test_results.json"
+
+
+def test_onnx_app_answers_as_the_pytorch_app(classifier, exports):
+    """On every example photo: each level's probabilities (all of them) within 1e-4, the same path, the same rollout
+    map within 1e-4; and the model line names the runtime and the accuracy the checkpoint's run reported."""
+    onnx = app["OnnxClassifier"](exports["maps"])
+    assert onnx.levels == classifier.levels and onnx.class_names == classifier.class_names and onnx.note == ""
+    for photo_path in sorted(EXAMPLES.glob("*.jpg")):
+        photo = app["read_photo"](photo_path)
+        (expected, expected_heat), (got, heat) = classifier.answer(photo, top_k=100), onnx.answer(photo, top_k=100)
+        expected_scores, scores = probabilities_of(expected), probabilities_of(got)
+        for level in LEVELS:
+            assert scores[level].keys() == expected_scores[level].keys() and len(scores[level]) == len(NAMES[level])
+            assert max(abs(scores[level][k] - expected_scores[level][k]) for k in scores[level]) <= 1e-4, level
+        assert [(n["level"], n["label"]) for n in got["path"]] == [(n["level"], n["label"]) for n in expected["path"]]
+        assert [n["score"] for n in got["path"]] == pytest.approx([n["score"] for n in expected["path"]], abs=1e-4)
+        assert got["path_score"] == pytest.approx(expected["path_score"], abs=1e-4)
+        assert heat.shape == expected_heat.shape == (4, 4)
+        np.testing.assert_allclose(heat, expected_heat, atol=1e-4, rtol=0, err_msg=photo_path.name)
+        top5 = onnx.answer(photo)[0]  # the page's top 5, in the pipeline's order
+        assert [[c["label"] for c in top5["levels"][level]] for level in LEVELS] == [
+            [c["label"] for c in classes[:5]] for classes in expected["levels"].values()]
+    text = app["describe_model"](onnx.info)
+    assert "in ONNX Runtime, 60 k parameters" in text and "test set: label_6 90.0%" in text
+
+
+def preparation_photos() -> list[Path]:
+    """The example photos, and five real web photos spread over the sizes when ../shared is there: from the smallest
+    (126 x 160, enlarged to 224) to the largest (2322 x 2902)."""
+    if not REAL_PHOTOS.is_dir():
+        return sorted(EXAMPLES.glob("*.jpg"))
+    def pixels(path: Path) -> tuple[int, str]:
+        with Image.open(path) as image:  # the header only
+            return image.width * image.height, path.name
+
+    shared = sorted((p for p in REAL_PHOTOS.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"}), key=pixels)
+    return sorted(EXAMPLES.glob("*.jpg")) + [shared[round(q * (len(shared) - 1))] for q in (0, 0.25, 0.5, 0.75, 1)]
+
+
+@pytest.mark.parametrize(("height", "width", "resample"), [(32, 32, 2), (224, 224, 2), (64, 48, 3)])
+def test_onnx_preparation_gives_the_image_processors_numbers(height, width, resample):
+    """prepare_pixels (PIL and numpy, from preprocessor_config.json alone) against transformers' ViTImageProcessor
+    on real photos: within 1e-4 (in fact equal: Pillow's own resize would be off by 0.008 on most photos)."""
+    from transformers import ViTImageProcessor
+
+    processor = ViTImageProcessor(size={"height": height, "width": width}, resample=resample,
+                                  image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
+    config = processor.to_dict()
+    for photo_path in preparation_photos():
+        photo = app["read_photo"](photo_path)
+        expected = processor(images=photo, return_tensors="np")["pixel_values"]
+        got = app["prepare_pixels"](photo, config)
+        assert got.shape == expected.shape == (1, 3, height, width) and got.dtype == np.float32
+        assert np.abs(got - expected).max() <= 1e-4, photo_path.name
+
+
+ONNX_ONLY = """
+import json, runpy, sys
+app = runpy.run_path(sys.argv[1])
+classifier = app["OnnxClassifier"](sys.argv[2])
+photo = app["read_photo"](sys.argv[3])
+prediction, heat = classifier.answer(photo)
+app["overlay"](photo, heat, 0.5)
+loaded = sorted({"torch", "transformers", "vit_yoga"} & {name.split(".")[0] for name in sys.modules})
+print(json.dumps({"loaded": loaded, "path": [node["label"] for node in prediction["path"]]}))
+"""
+
+
+def test_onnx_app_needs_neither_torch_nor_transformers(exports, tmp_path):
+    """In a fresh process: building the ONNX classifier and answering a photo (map and overlay included) leaves torch
+    and transformers unimported (Gradio imports neither)."""
+    photo = EXAMPLES / "tree_pose.jpg"
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", ONNX_ONLY, str(PROJECT_ROOT / "app.py"), str(exports["maps"]),
+                             str(photo)], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["loaded"] == []
+    expected = app["OnnxClassifier"](exports["maps"]).answer(app["read_photo"](photo))[0]
+    assert answer["path"] == [node["label"] for node in expected["path"]]
+
+
+def test_onnx_export_without_maps_answers_with_no_map_and_says_how_to_get_one(exports):
+    plain, maps = app["OnnxClassifier"](exports["plain"]), app["OnnxClassifier"](exports["maps"])
+    photo = app["read_photo"](EXAMPLES / "half_moon.jpg")
+    prediction, heat = plain.answer(photo)
+    assert heat is None
+    with_maps = maps.answer(photo)[0]  # the same weights (sdpa here, eager there): the same answer, to float rounding
+    assert [n["label"] for n in prediction["path"]] == [n["label"] for n in with_maps["path"]]
+    for level, scores in probabilities_of(prediction).items():
+        assert scores == pytest.approx(probabilities_of(with_maps)[level], abs=1e-5)
+    assert "\n" not in plain.note and "No attention map" in plain.note
+    assert "python -m vit_yoga.export" in plain.note and "--attention_maps" in plain.note
+
+
+def test_onnx_folder_that_is_not_an_export_is_refused_before_gradio(exports, tmp_path, monkeypatch, capsys):
+    """Exit 2 and one `error:` line naming the fix, before Gradio is even imported (here it cannot be)."""
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` would raise: main must return before it
+    (tmp_path / "model.onnx").write_bytes(b"")  # a graph alone is no export
+    cases = [(["--onnx", str(tmp_path)], "not an export of python -m vit_yoga.export (no config.json"),
+             (["--onnx", str(tmp_path / "nowhere")], "is not a folder"),
+             (["--onnx", str(exports["plain"]), "--int8"], "--quantize dynamic"),
+             (["--onnx", str(exports["plain"]), "--model", "runs/all"], "not both"),
+             (["--int8"], "with --onnx DIR")]
+    for argv, words in cases:
+        capsys.readouterr()
+        assert app["main"](argv) == 2, argv
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith("error: ") and words in error[0], (argv, error)
+        if argv == ["--onnx", str(tmp_path)]:
+            assert "--attention_maps" in error[0]  # the export command to run
+
+
+def test_write_space_with_onnx_writes_a_space_without_torch(exports, tmp_path):
+    space = app["write_space"](str(exports["maps"]), tmp_path / "space", onnx=True)
+    requirements = (space / "requirements.txt").read_text()
+    assert "onnxruntime" in requirements and "gradio" in requirements
+    assert "torch" not in requirements and "transformers" not in requirements
+    assert sorted(p.name for p in (space / "model").iterdir()) == sorted(
+        ["model.onnx", "config.json", "preprocessor_config.json", "labels.json", "export_results.json"])
+    assert not (space / "space_model.txt").exists()
+    # The Space's own app.py finds its export with no flag and answers, map included.
+    space_app = load_script_from(space / "app.py")
+    folder, int8 = space_app["onnx_source"](space_app["parse_args"]([]))
+    assert folder == space / "model" and not int8
+    prediction, heat = space_app["OnnxClassifier"](folder).answer(space_app["read_photo"](EXAMPLES / "tree_pose.jpg"))
+    assert [node["level"] for node in prediction["path"]] == LEVELS and heat is not None
 
 
 # ------------------------------------------------------------------------------------- the page, for real

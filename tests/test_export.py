@@ -241,6 +241,7 @@ def test_bad_arguments_are_refused_with_the_fix_before_any_work(tmp_path, photos
         (dict(exporter="jit"), "--exporter jit"),
         (dict(quantize="dynamic", calibration_images=tmp_path / "nowhere"), "--calibration_images"),
         (dict(quantize="dynamic", calibration_limit=0), "--calibration_limit 0"),
+        (dict(attention_maps=True, attn_implementation="sdpa"), "only eager attention returns its weights"),
     ]
     for kwargs, message in cases:
         with pytest.raises(UsageError, match=re.escape(message)):

@@ -2,25 +2,29 @@
 
     python -m vit_yoga.export --model runs/level3 --output_dir runs/level3-onnx [--quantize dynamic] [--opset 17]
         [--check_images DIR [DIR ...]] [--attn_implementation eager|sdpa] [--exporter torchscript|dynamo]
+        [--attention_maps]
 
 The folder it writes:
 
 - ``model.onnx``: input ``pixel_values`` (batch, 3, H, W), a dynamic batch axis; outputs ``logits`` (the finest
   level's, as the PyTorch model's ``logits``), for a joint model every level's ``logits_<level>``, and, when the
   model code has the hierarchy decoding (``tree_probabilities``), ``probabilities_<level>`` for every level of
-  ``predicted_levels``: tree-consistent probabilities, each coarse one the sum of its children's.
+  ``predicted_levels``: tree-consistent probabilities, each coarse one the sum of its children's. With
+  ``--attention_maps``, also ``attentions_<i>`` for every layer i (batch, heads, tokens, tokens): the softmaxed
+  attention weights the demo's rollout map is computed from, exported with eager attention (sdpa returns none).
 - ``model_int8.onnx`` with ``--quantize dynamic``: ONNX Runtime's dynamic quantisation (int8 weights of the
   MatMul/Gemm layers, activations quantised on the fly), mixed precision: the layers whose int8 changes the top-1
   most on calibration images (``--calibration_images``, default the synthetic poses' validation split) stay fp32
   until the int8 model agrees with fp32 there (``quantize_with_sensitivity``).
 - ``config.json`` (the checkpoint's: label names, tree, decoding rule), ``preprocessor_config.json`` (how to prepare
   an image), ``labels.json`` (levels, names, parents and which output holds which level: all a program with ONNX
-  Runtime alone needs) and ``export_results.json`` (what the checks measured).
+  Runtime alone needs; ``attention_maps`` lists the attention outputs) and ``export_results.json`` (what the checks
+  measured, the parameter count, and the accuracy the checkpoint's run reported, for the demo's model line).
 
 Before anything is written, the exported graphs are checked against the PyTorch model on real images prepared as
-the image-classification pipeline prepares them: fp32 within ``--tolerance`` (1e-4) on every output and the same
-top-1 on every image; int8 at least ``--int8_min_agreement`` (99 %) top-1 agreement with PyTorch. The folder is
-built under a temporary name and appears complete, or not at all.
+the image-classification pipeline prepares them: fp32 within ``--tolerance`` (1e-4) on every output (attention maps
+included) and the same top-1 on every image; int8 at least ``--int8_min_agreement`` (99 %) top-1 agreement with
+PyTorch. The folder is built under a temporary name and appears complete, or not at all.
 
 Exporter: torch's TorchScript-based ``torch.onnx.export(dynamo=False)`` by default (it is deprecated in torch 2.9+
 but still ships). Measured here (ViT-Ti/16 224 px, sdpa, ONNX Runtime 1.32, one run on a loaded machine), its graph
@@ -67,6 +71,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 SYNTHETIC = "synthetic"  # --check_images word for the synthetic poses' test split (--calibration_images: train)
 CALIBRATION_LIMIT = 512  # calibration images for the int8 layer choice
 RANKING_IMAGES = 128  # of which the per-layer damage ranking uses the first
+ATTENTION_PREFIX = "attentions_"  # --attention_maps: one output per layer, attentions_0 first
+# What a train.py run reports about its accuracy, looked for in this order (as the demo does).
+RESULT_FILES = ("test_results.json", "all_results.json", "eval_results.json")
 
 
 def require_onnx() -> None:
@@ -165,8 +172,8 @@ class OutputSpec:
     """What the exported graph returns, in order: each output's name, the level it covers, and its kind."""
 
     names: list[str] = field(default_factory=list)
-    levels: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)  # "logits" or "probabilities"
+    levels: list[str] = field(default_factory=list)  # "" for an attention map (it covers no level)
+    kinds: list[str] = field(default_factory=list)  # "logits", "probabilities" or "attentions"
 
     def add(self, name: str, level: str, kind: str) -> None:
         self.names.append(name)
@@ -183,11 +190,14 @@ def logits_level(config: Any) -> str:
 
 class ExportableClassifier(nn.Module):
     """The classifier as a function of ``pixel_values`` alone returning a flat tuple of tensors: what an ONNX
-    graph's named outputs are (ModelOutput dataclasses and keyword switches do not survive tracing)."""
+    graph's named outputs are (ModelOutput dataclasses and keyword switches do not survive tracing).
+    ``attention_maps``: also every layer's attention weights, last in the outputs (the model must run eager
+    attention: sdpa returns no weights)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, attention_maps: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.attention_maps = attention_maps
         config = model.config
         self.joint = is_joint(model)
         self.spec = OutputSpec()
@@ -201,9 +211,12 @@ class ExportableClassifier(nn.Module):
             predicted_levels, self.tree_probabilities, self.decoding_config = functions
             for level in predicted_levels(self.decoding_config):
                 self.spec.add(f"probabilities_{level}", level, "probabilities")
+        if attention_maps:
+            for layer in range(config.num_hidden_layers):
+                self.spec.add(f"{ATTENTION_PREFIX}{layer}", "", "attentions")
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        output = self.model(pixel_values=pixel_values, return_dict=True)
+        output = self.model(pixel_values=pixel_values, return_dict=True, output_attentions=self.attention_maps)
         outputs = [output.logits]
         level_logits = tuple(output.level_logits) if self.joint else None
         if self.joint:
@@ -211,6 +224,8 @@ class ExportableClassifier(nn.Module):
         if self.tree_probabilities is not None:
             scores = level_logits if self.joint else output.logits
             outputs += list(self.tree_probabilities(self.decoding_config, scores))
+        if self.attention_maps:
+            outputs += list(output.attentions)
         return tuple(outputs)
 
 
@@ -362,7 +377,8 @@ def preprocess(processor: Any, photos: Sequence[Any]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 def labels_document(config: Any, spec: OutputSpec) -> dict[str, Any]:
     """What ``labels.json`` holds: the levels (coarsest first), each level's class names, each level's parent ids in
-    the level above, and which output covers which level, for programs that read no config.json."""
+    the level above, which output covers which level, and which outputs are attention maps (``attentions_<i>``, one
+    per layer, first layer first; empty without ``--attention_maps``), for programs that read no config.json."""
     if config.hierarchy_levels:
         levels = list(config.hierarchy_levels)
         names = {level: list(n) for level, n in zip(levels, config.hierarchy_class_names, strict=True)}
@@ -372,7 +388,23 @@ def labels_document(config: Any, spec: OutputSpec) -> dict[str, Any]:
         levels, parents = [level], {}
         names = {level: [config.id2label[i] for i in range(config.num_labels)]}
     return {"levels": levels, "names": names, "parents": parents,
-            "outputs": dict(zip(spec.names, spec.levels, strict=True)), "input": INPUT_NAME}
+            "outputs": {name: level for name, level, kind in zip(spec.names, spec.levels, spec.kinds, strict=True)
+                        if kind != "attentions"},
+            "attention_maps": [name for name, kind in zip(spec.names, spec.kinds, strict=True) if kind == "attentions"],
+            "input": INPUT_NAME}
+
+
+def reported_results(model: str | Path) -> dict[str, Any] | None:
+    """The first of the checkpoint folder's RESULT_FILES (what its run reported on the test or validation set), so
+    that a program serving the export can say how accurate the model is; None for a Hub id or a folder without."""
+    for name in RESULT_FILES:
+        path = Path(model) / name
+        if path.is_file():
+            try:
+                return {"file": name, "metrics": json.loads(path.read_text())}
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def export_onnx(
@@ -390,6 +422,7 @@ def export_onnx(
     calibration_images: str | Path = SYNTHETIC,
     calibration_limit: int = CALIBRATION_LIMIT,
     overwrite: bool = False,
+    attention_maps: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` (a ViTYoga folder or Hub id) to ``output_dir`` after checking the graphs against PyTorch.
 
@@ -397,8 +430,10 @@ def export_onnx(
     ``check_limit`` caps the
     photos taken from each. With ``quantize="dynamic"``, ``calibration_images`` (a folder, or ``"synthetic"``: the
     synthetic poses' validation split) are where the layers kept in fp32 are chosen (``quantize_with_sensitivity``),
-    at most ``calibration_limit`` of them. Returns what ``export_results.json`` holds. Raises ``UsageError`` for
-    bad arguments (before loading anything), a model that cannot export, or a failed check (nothing written then).
+    at most ``calibration_limit`` of them. ``attention_maps``: also output every layer's attention weights (eager
+    attention; int8 keeps them too, computed by the quantised network). Returns what ``export_results.json`` holds.
+    Raises ``UsageError`` for bad arguments (before loading anything), a model that cannot export, or a failed check
+    (nothing written then).
     """
     require_onnx()
     output_dir = Path(output_dir)
@@ -415,6 +450,11 @@ def export_onnx(
         raise UsageError(f"--opset {opset}: give 17 to 23 (17 has LayerNormalization; ONNX Runtime 1.18+ runs all).")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise UsageError(f"--output_dir {output_dir} exists and is not empty; pass --overwrite or pick another folder.")
+    if attention_maps:
+        if attn_implementation not in (None, "eager"):
+            raise UsageError(f"--attention_maps --attn_implementation {attn_implementation}: only eager attention "
+                             "returns its weights; drop --attn_implementation (eager is then used) or pass eager.")
+        attn_implementation = "eager"
     folders = check_folders(check_images)
     if quantize == "dynamic":
         if calibration_limit < 1:
@@ -430,7 +470,7 @@ def export_onnx(
             raise UsageError("--exporter dynamo needs onnxscript: pip install onnxscript.") from None
 
     wrapped, processor = load_checkpoint(str(model), attn_implementation)
-    wrapper = ExportableClassifier(wrapped).eval()
+    wrapper = ExportableClassifier(wrapped, attention_maps=attention_maps).eval()
     config = wrapped.config
     sources = {
         str(folder): synthetic_test_images()[:check_limit] if folder == SYNTHETIC else load_photos(folder, check_limit)
@@ -443,7 +483,11 @@ def export_onnx(
         "attn_implementation": config._attn_implementation or "sdpa",
         "patch_embedding_type": getattr(config, "patch_embedding_type", "standard"),
         "outputs": wrapper.spec.names, "tolerance": tolerance, "checks": {},
+        "parameters": sum(p.numel() for p in wrapped.parameters()),
     }
+    reported = reported_results(model)
+    if reported:
+        results["reported_results"] = reported
     import onnxruntime
 
     results["onnxruntime"] = onnxruntime.__version__
@@ -541,8 +585,10 @@ def quantize_dynamic_int8(source: Path, target: Path, nodes: Sequence[str] | Non
     # inference; it changes nothing for a graph whose MatMul shapes torch's exporter already wrote).
     root.setLevel(logging.ERROR)
     try:
+        # The quantiser turns a Gemm into a MatMul named ``<name>_MatMul`` (and an Add) before it quantises.
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=list(nodes))
+                         op_types_to_quantize=["MatMul", "Gemm"],
+                         nodes_to_quantize=[*nodes, *(f"{name}_MatMul" for name in nodes)])
     finally:
         root.setLevel(level)
 
@@ -653,6 +699,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibration_limit", type=int, default=CALIBRATION_LIMIT,
                         help=f"at most this many calibration photos (default {CALIBRATION_LIMIT})")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    parser.add_argument("--attention_maps", action="store_true",
+                        help="also output every layer's attention weights (attentions_<i>; eager attention), so that "
+                        "the demo (app.py --onnx) can draw its attention rollout map")
     return parser.parse_args(argv)
 
 
@@ -683,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
             check_limit=args.check_limit, attn_implementation=args.attn_implementation, exporter=args.exporter,
             tolerance=args.tolerance, int8_min_agreement=args.int8_min_agreement,
             calibration_images=args.calibration_images, calibration_limit=args.calibration_limit,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, attention_maps=args.attention_maps,
         )
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
