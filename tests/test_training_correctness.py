@@ -134,6 +134,8 @@ def test_one_step_is_the_exact_mean_gradient_at_any_process_layout(poses, tmp_pa
     """(a) 1 process, batch 32; (b) 2 processes through accelerate launch (gloo), batch 16 each; (c) 1 process, batch
     16, 2 accumulation steps: each step equals the hand-computed SGD step on the mean loss of the same 32 examples,
     and the logged train and eval losses are per-example means (ln K at initialisation, not K x processes)."""
+    # The two-process layout runs for the joint model (three heads, the summed loss): the single head's loss is the
+    # same code's one-level case, and a second accelerate launch costs 12-19 s of the suite's 8 minutes.
     columns = LEVEL_COLUMNS[label_level]
     init = init_checkpoint(tmp_path / "init", label_level)
     loss0, stepped = expected_step(init, poses, columns)
@@ -145,6 +147,8 @@ def test_one_step_is_the_exact_mean_gradient_at_any_process_layout(poses, tmp_pa
         "accumulated": ["--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "2"],
         "two_processes": ["--per_device_train_batch_size", "16"],
     }
+    if label_level != "all":
+        del layouts["two_processes"]
     for name, extra in layouts.items():
         args = deterministic_flags(poses, init, tmp_path / name, label_level, *extra)
         if name == "two_processes":

@@ -1,0 +1,83 @@
+"""Why ONNX Runtime is not faster: ViT-Ti/16 graphs ONNX Runtime could run faster, timed against PyTorch eager.
+
+For transformers' ViT-Ti/16 (the peer) and ours (sdpa), exported as ``python -m vit_yoga.export`` exports:
+the plain graph (``fp32``), ONNX Runtime's transformer optimiser (``fused``: ``model_type="vit"``, which fuses
+SkipLayerNormalization and BiasGelu and would fuse attention where it finds its pattern), dynamic int8 of each
+(``int8``, ``fused-int8``) and weight-only 8-bit blocks with int8 compute (``nbits8``: ``MatMulNBits``,
+accuracy level 4). Every timing runs in a fresh process with that backend alone (``bench_inference``'s worker),
+rounds interleaved; the ratio is the median per-round speed-up over PyTorch eager.
+
+    python benchmarks/bench_onnx_variants.py [--rounds 3] [--batch_sizes 1 32] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_inference as bench  # noqa: E402
+
+
+def variants(name: str, folder: Path) -> dict[str, Path]:
+    """Every graph of model ``name``, written under ``folder``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    files = {kind: folder / f"{name}-{kind}.onnx" for kind in ("fp32", "fused", "int8", "fused-int8", "nbits8")}
+    bench.export_graph(bench.build(name), files["fp32"], torch.randn(2, 3, 224, 224), 17, "torchscript")
+    optimised = optimize_model(str(files["fp32"]), model_type="vit", num_heads=3, hidden_size=192, opt_level=1)
+    fused = collections.Counter(n.op_type for n in optimised.model.graph.node if n.domain == "com.microsoft")
+    print(f"{name}: the optimiser fused {dict(fused)}", flush=True)
+    optimised.save_model_to_file(str(files["fused"]))
+    for source, target in (("fp32", "int8"), ("fused", "fused-int8")):
+        quantize_dynamic(str(files[source]), str(files[target]), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"],
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(files["fp32"])), bits=8, block_size=32, is_symmetric=True,
+                                     accuracy_level=4, algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(files["nbits8"]), False)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["hf-vit-ti16", "vit-ti16-sdpa"],
+                        choices=["hf-vit-ti16", "vit-ti16-sdpa", "vit-ti16-eager"])
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min_seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_onnx_variants_") as workdir:
+        for name in args.models:
+            files = variants(name, Path(workdir))
+            for batch in args.batch_sizes:
+                kinds = ["eager", *files]
+                times: dict[str, list[float]] = {kind: [] for kind in kinds}
+                for round_index in range(args.rounds):
+                    shift = round_index % len(kinds)
+                    for kind in kinds[shift:] + kinds[:shift]:
+                        times[kind].append(bench.time_in_own_process({
+                            "model": name, "backend": "eager" if kind == "eager" else "ort-" + kind, "batch": batch,
+                            "threads": args.threads, "min_seconds": args.min_seconds,
+                            "path": str(files.get(kind, "")), "names": ["logits"]}))
+                cells = [f"{kind} {batch / statistics.median(seconds):.1f} img/s "
+                         f"({statistics.median(e / s for e, s in zip(times['eager'], seconds, strict=True)):.2f}x)"
+                         for kind, seconds in times.items()]
+                print(f"{name} batch {batch}: " + ", ".join(cells), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
