@@ -160,54 +160,57 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict
     print(f"{name}: exported in {time.perf_counter() - started:.1f} s ({fp32.stat().st_size / 2**20:.1f} MB fp32, "
           f"{int8.stat().st_size / 2**20:.1f} MB int8)", flush=True)
     names = wrapper.spec.names
+    paths = {"ort-fp32": fp32, "ort-int8": int8}
+    rows = []
+    for batch in args.batch_sizes:
+        if args.isolation == "process":
+            times = interleaved(args.backends, args.rounds, lambda backend, batch=batch: time_in_own_process({
+                "model": name, "backend": backend, "batch": batch, "threads": args.threads,
+                "min_seconds": args.min_seconds, "path": str(paths.get(backend, "")), "names": names}))
+        else:
+            times = time_in_this_process(wrapper, paths, names, batch, image_size, args)
+        rows += summarise(name, batch, times)
+    for row in rows:
+        row["megabytes"] = {"ort-fp32": fp32.stat().st_size / 2**20, "ort-int8": int8.stat().st_size / 2**20}.get(
+            row["backend"])
+    return rows
+
+
+def interleaved(kinds: list[str], rounds: int, measure: Callable[[str], float]) -> dict[str, list[float]]:
+    """``measure(kind)`` for every kind, ``rounds`` times, the order rotating every round (so that a noisy machine
+    slows all kinds alike)."""
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for round_index in range(rounds):
+        shift = round_index % len(kinds)
+        for kind in kinds[shift:] + kinds[:shift]:
+            times[kind].append(measure(kind))
+    return times
+
+
+def time_in_this_process(wrapper: nn.Module, paths: dict[str, Path], names: list[str], batch: int,
+                         image_size: int, args: argparse.Namespace) -> dict[str, list[float]]:
+    """``--isolation none``: every backend in this process (ONNX Runtime's spinning off), after two warm-up calls."""
     runners: dict[str, Callable[[torch.Tensor, np.ndarray], Any]] = {}
     if "eager" in args.backends:
         runners["eager"] = lambda x, _: wrapper(x)
     if "compile" in args.backends:
         compiled = torch.compile(wrapper)
         runners["compile"] = lambda x, _: compiled(x)
-    if "ort-fp32" in args.backends:
-        run_fp32 = ort_runner(fp32, args.threads, names)
-        runners["ort-fp32"] = lambda _, pixels: run_fp32(pixels)
-    if "ort-int8" in args.backends:
-        run_int8 = ort_runner(int8, args.threads, names)
-        runners["ort-int8"] = lambda _, pixels: run_int8(pixels)
-
-    rows = []
-    if args.isolation == "process":
-        paths = {"ort-fp32": str(fp32), "ort-int8": str(int8)}
-        for batch in args.batch_sizes:
-            times = {backend: [] for backend in args.backends}
-            order = list(args.backends)
-            for round_index in range(args.rounds):
-                shift = round_index % len(order)
-                for backend in order[shift:] + order[:shift]:
-                    times[backend].append(time_in_own_process({
-                        "model": name, "backend": backend, "batch": batch, "threads": args.threads,
-                        "min_seconds": args.min_seconds, "path": paths.get(backend), "names": names}))
-            rows += summarise(name, batch, times)
-    for batch in args.batch_sizes if args.isolation == "none" else []:
-        x = torch.randn(batch, 3, image_size, image_size)
-        pixels = x.numpy()
-        with torch.inference_mode():
-            for backend, run in runners.items():  # warm-up (and torch.compile's compilation for this shape)
-                started = time.perf_counter()
-                run(x, pixels)
-                if backend == "compile":
-                    print(f"  compiled for batch {batch} in {time.perf_counter() - started:.0f} s", flush=True)
-                run(x, pixels)
-            times: dict[str, list[float]] = {backend: [] for backend in runners}
-            order = list(runners)
-            for round_index in range(args.rounds):
-                shift = round_index % len(order)
-                for backend in order[shift:] + order[:shift]:
-                    call = lambda run=runners[backend], x=x, pixels=pixels: run(x, pixels)
-                    times[backend].append(time_call(call, args.min_seconds))
-        rows += summarise(name, batch, times)
-    for row in rows:
-        row["megabytes"] = {"ort-fp32": fp32.stat().st_size / 2**20, "ort-int8": int8.stat().st_size / 2**20}.get(
-            row["backend"])
-    return rows
+    for backend in ("ort-fp32", "ort-int8"):
+        if backend in args.backends:
+            run_ort = ort_runner(paths[backend], args.threads, names)
+            runners[backend] = lambda _, pixels, run_ort=run_ort: run_ort(pixels)
+    x = torch.randn(batch, 3, image_size, image_size)
+    pixels = x.numpy()
+    with torch.inference_mode():
+        for backend, run in runners.items():  # warm-up (and torch.compile's compilation for this shape)
+            started = time.perf_counter()
+            run(x, pixels)
+            if backend == "compile":
+                print(f"  compiled for batch {batch} in {time.perf_counter() - started:.0f} s", flush=True)
+            run(x, pixels)
+        return interleaved(list(runners), args.rounds,
+                           lambda backend: time_call(lambda: runners[backend](x, pixels), args.min_seconds))
 
 
 def summarise(name: str, batch: int, times: dict[str, list[float]]) -> list[dict[str, Any]]:

@@ -63,15 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             files = variants(name, Path(workdir))
             for batch in args.batch_sizes:
-                kinds = ["eager", *files]
-                times: dict[str, list[float]] = {kind: [] for kind in kinds}
-                for round_index in range(args.rounds):
-                    shift = round_index % len(kinds)
-                    for kind in kinds[shift:] + kinds[:shift]:
-                        times[kind].append(bench.time_in_own_process({
-                            "model": name, "backend": "eager" if kind == "eager" else "ort-" + kind, "batch": batch,
-                            "threads": args.threads, "min_seconds": args.min_seconds,
-                            "path": str(files.get(kind, "")), "names": ["logits"]}))
+                def measure(kind: str, batch: int = batch, name: str = name, files: dict = files) -> float:
+                    return bench.time_in_own_process({
+                        "model": name, "backend": "eager" if kind == "eager" else "ort-" + kind, "batch": batch,
+                        "threads": args.threads, "min_seconds": args.min_seconds,
+                        "path": str(files.get(kind, "")), "names": ["logits"]})
+
+                times = bench.interleaved(["eager", *files], args.rounds, measure)
                 cells = [f"{kind} {batch / statistics.median(seconds):.1f} img/s "
                          f"({statistics.median(e / s for e, s in zip(times['eager'], seconds, strict=True)):.2f}x)"
                          for kind, seconds in times.items()]

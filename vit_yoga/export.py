@@ -300,8 +300,6 @@ def synthetic_calibration_images(limit: int = CALIBRATION_LIMIT) -> list[Any]:
     run on the test split. Not the training split: a model is surer of its training images than of any other, so
     int8 flips fewer of them (measured: all-int8 agreed on 99.2 % of the training images, 98.3 % of the test
     images). Pose by pose, so any ``limit`` covers the poses evenly."""
-    import numpy as np
-
     from yoga82.synthetic import LABEL_82_NAMES, draw_pose
 
     images = []
@@ -593,12 +591,17 @@ def quantize_dynamic_int8(source: Path, target: Path, nodes: Sequence[str] | Non
         root.setLevel(level)
 
 
-def logits_outputs(session: Any, spec: OutputSpec, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Every ``logits`` output of ``session`` on ``pixel_values``, side by side (images, sum of the levels' classes)."""
+def logits_outputs(session: Any, spec: OutputSpec, pixel_values: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
+    """Every ``logits`` output of ``session`` on ``pixel_values``, in ``spec``'s order."""
     names = [name for name, kind in zip(spec.names, spec.kinds, strict=True) if kind == "logits"]
-    parts = [np.concatenate(session.run(names, {INPUT_NAME: pixel_values[start:start + batch_size]}), axis=-1)
+    parts = [session.run(names, {INPUT_NAME: pixel_values[start:start + batch_size]})
              for start in range(0, len(pixel_values), batch_size)]
-    return np.concatenate(parts)
+    return [np.concatenate(column) for column in zip(*parts, strict=True)]
+
+
+def top1_agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
+    """The smallest share, over the logits outputs, of images whose top-1 the candidate keeps."""
+    return min(float((ref.argmax(-1) == got.argmax(-1)).mean()) for ref, got in zip(reference, candidate, strict=True))
 
 
 def quantize_with_sensitivity(
@@ -608,27 +611,26 @@ def quantize_with_sensitivity(
     """Dynamic int8 with the layers whose quantisation changes the answers most left in fp32 (mixed precision).
 
     ONNX Runtime's quantiser quantises what it is told to; choosing what not to quantise is the one part done here.
-    On the calibration images (``pixel_values``, never the images the checks then run on): quantise every weight
-    layer; if the int8 top-1 agrees with fp32 on fewer than ``min_agreement`` of them, rank the layers by the mean
-    squared change of the logits when each alone is quantised, and keep the worst in fp32 one at a time until the
-    agreement is reached or ``max_fp32_share`` of the layers are fp32. The agreement aimed at is halfway between
-    ``min_agreement`` and 100 % (99.5 % for 99 %): the checks run on other images, whose share varies by about
-    that much. Returns what was chosen and measured.
+    The agreement aimed at is halfway between ``min_agreement`` and 100 % (99.5 % for 99 %): the checks run on other
+    images, whose share varies by about that much. On the calibration images (``pixel_values``, never the images the
+    checks then run on): quantise every weight layer; if the int8 top-1 agrees with fp32 on less than the aim, rank
+    the layers by the mean squared change of the logits when each alone is quantised, and keep the worst in fp32 one
+    at a time until the aim is reached or ``max_fp32_share`` of the layers are fp32. Returns what was chosen and
+    measured.
 
     Why (README, Deploy): on the 30-epoch out-of-the-box vit-pico, 8-bit weights alone (no activation quantisation)
     move the logits by 0.01-0.05 while 3 % of real photos have their two best classes closer than 0.05, so every
     all-int8 scheme tried (dynamic, static QDQ with MinMax/percentile/entropy calibration, per-channel, weight-only
-    8-bit blocks) flipped 1-3 % of the top-1s; the first layer is the most sensitive.
+    8-bit blocks) flipped 1-3 % of the top-1s; the first block is the most sensitive.
     """
     import onnx
+    from tqdm.auto import tqdm
 
     nodes = weight_nodes(onnx.load(str(source)).graph)
     reference = logits_outputs(ort_session(source), spec, pixel_values)
-    levels = _logit_ranges(spec, ort_session(source), pixel_values[:1])
 
     def agreement(path: Path) -> float:
-        got = logits_outputs(ort_session(path), spec, pixel_values)
-        return min(float((reference[:, a:b].argmax(-1) == got[:, a:b].argmax(-1)).mean()) for a, b in levels)
+        return top1_agreement(reference, logits_outputs(ort_session(path), spec, pixel_values))
 
     quantize_dynamic_int8(source, target, nodes)
     first = agreement(target)
@@ -640,10 +642,11 @@ def quantize_with_sensitivity(
         return result
     damage = {}
     sample = pixel_values[:RANKING_IMAGES]  # a squared error is steady on fewer images than a share of flips
-    sample_reference = reference[:RANKING_IMAGES]
-    for node in tqdm_progress(nodes, "Ranking layers by int8 damage"):
+    sample_reference = [logits[:RANKING_IMAGES] for logits in reference]
+    for node in tqdm(nodes, desc="Ranking layers by int8 damage", unit="layer", leave=False):
         quantize_dynamic_int8(source, target, [node])
-        damage[node] = float(((logits_outputs(ort_session(target), spec, sample) - sample_reference) ** 2).mean())
+        got = logits_outputs(ort_session(target), spec, sample)
+        damage[node] = float(np.mean([((g - r) ** 2).mean() for g, r in zip(got, sample_reference, strict=True)]))
     ranked = sorted(nodes, key=lambda node: -damage[node])
     for count in range(1, int(max_fp32_share * len(nodes)) + 1):
         kept = ranked[:count]
@@ -655,20 +658,6 @@ def quantize_with_sensitivity(
         if share >= aim:
             break
     return result
-
-
-def _logit_ranges(spec: OutputSpec, session: Any, one: np.ndarray) -> list[tuple[int, int]]:
-    """Column ranges of each ``logits`` output inside ``logits_outputs``' side-by-side array."""
-    names = [name for name, kind in zip(spec.names, spec.kinds, strict=True) if kind == "logits"]
-    widths = [output.shape[-1] for output in session.run(names, {INPUT_NAME: one})]
-    edges = np.cumsum([0, *widths])
-    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
-
-
-def tqdm_progress(items: Sequence[Any], description: str) -> Iterable[Any]:
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=description, unit="layer", leave=False)
 
 
 # --------------------------------------------------------------------------------------------------------------
