@@ -61,7 +61,9 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataSourceArguments:
+    """Where the images (and labels) come from: train.py's and pretrain.py's data flags."""
+
     dataset_name: str = field(
         default=SYNTHETIC,
         metadata={"help": "'synthetic' (generated once into a cache folder), a folder written by `python -m yoga82 "
@@ -83,6 +85,23 @@ class DataArguments:
     image_size: int | None = field(
         default=None, metadata={"help": "Same as --config_overrides image_size=N. Default: the model's."}
     )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of train held out when the data set has no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
+    synthetic_images_per_class: int = field(default=40, metadata={"help": "Size of the synthetic data set."})
+    synthetic_image_size: int = field(default=64, metadata={"help": "Side of the synthetic images."})
+
+    @property
+    def synthetic(self) -> bool:
+        return self.dataset_name == SYNTHETIC and not self.train_dir
+
+
+@dataclass
+class DataArguments(DataSourceArguments):
+    """The data flags of train.py: the source, and the training augmentation."""
+
     train_crop: str = field(
         default="none",
         metadata={"help": "Training crop: 'random' (squash to 8/7 of the size, then a random crop: the report's 224 "
@@ -111,17 +130,6 @@ class DataArguments:
     reprob: float = field(
         default=0.0, metadata={"help": f"Random erasing probability (timm's --reprob; 0: off). {RECIPE_DEFAULT}"}
     )
-    validation_fraction: float = field(
-        default=0.1, metadata={"help": "Share of train held out when the data set has no validation split."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
-    synthetic_images_per_class: int = field(default=40, metadata={"help": "Size of the synthetic data set."})
-    synthetic_image_size: int = field(default=64, metadata={"help": "Side of the synthetic images."})
-
-    @property
-    def synthetic(self) -> bool:
-        return self.dataset_name == SYNTHETIC and not self.train_dir
 
 
 @dataclass

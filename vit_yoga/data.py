@@ -16,7 +16,7 @@ from yoga82.labels import LEVELS, LabelTreeError, label_tree
 from yoga82.labels import hierarchy as yoga82_hierarchy
 from yoga_common.errors import UsageError
 
-from .arguments import DataArguments
+from .arguments import DataSourceArguments
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def synthetic_cache() -> Path:
     return Path(os.environ.get("VIT_YOGA_CACHE", Path.home() / ".cache" / "vit-yoga"))
 
 
-def load_image_dataset(data_args: DataArguments, training_args: TrainingArguments) -> datasets.DatasetDict:
+def load_image_dataset(data_args: DataSourceArguments, training_args: TrainingArguments) -> datasets.DatasetDict:
     """The data set as a DatasetDict with train, validation and (if there is one) test splits."""
     if data_args.train_dir:
         data_files = {"train": os.path.join(data_args.train_dir, "**")}
@@ -87,7 +87,9 @@ def load_image_dataset(data_args: DataArguments, training_args: TrainingArgument
     return dataset
 
 
-def load_data(data_args: DataArguments, training_args: TrainingArguments) -> tuple[datasets.DatasetDict, str, Labels]:
+def load_data(
+    data_args: DataSourceArguments, training_args: TrainingArguments
+) -> tuple[datasets.DatasetDict, str, Labels]:
     """The splits, the image column and the labels; --max_*_samples truncate only after the labels and their
     hierarchy are read off the whole data set."""
     dataset = load_image_dataset(data_args, training_args)
@@ -115,7 +117,7 @@ def find_image_column(features: datasets.Features, requested: str | None) -> str
     return image_columns[0]
 
 
-def find_labels(dataset: datasets.DatasetDict, data_args: DataArguments) -> Labels:
+def find_labels(dataset: datasets.DatasetDict, data_args: DataSourceArguments) -> Labels:
     """The label columns ``--label_level`` / ``--label_column`` name, as ClassLabels in every split, and the data set's
     hierarchy. String or integer columns become one ClassLabel named from train."""
     features = dataset["train"].features
