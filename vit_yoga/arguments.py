@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from configuration_vit_yoga import PATCH_EMBEDDING_TYPES, VIT_YOGA_PRESETS
+from configuration_vit_yoga import PATCH_EMBEDDING_TYPES, VIT_YOGA_PRESETS, ViTYogaConfig
 from yoga_common.errors import UsageError
 from yoga_common.hub import HubTarget
 
@@ -152,6 +152,11 @@ class YogaTrainingArguments(TrainingArguments):
         metadata={"help": "Start over in an --output_dir that holds another run (its files are moved aside and "
                           "removed once this run has finished)."},
     )
+    layer_decay: float = field(
+        default=1.0,
+        metadata={"help": "Layer-wise learning-rate decay (BEiT, MAE fine-tuning): block i of L learns at "
+                          "layer_decay ** (L - i) times the rate of the head (1: off). " + RECIPE_DEFAULT},
+    )
 
 
 @dataclass
@@ -175,6 +180,18 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)  # TrainingArguments turns some strings into enums
 
 
+def pretraining_record(init_from: str | None) -> dict[str, Any] | None:
+    """config.json's ``pretraining`` of an --init_from backbone that pretrain.py wrote (it has no head), else None."""
+    if not init_from:
+        return None
+    try:
+        config, _ = ViTYogaConfig.get_config_dict(init_from)
+    except (OSError, ValueError):
+        return None  # build_model says what is wrong with the checkpoint
+    is_backbone = config.get("architectures") == ["ViTYogaModel"]
+    return config.get("pretraining") if is_backbone else None
+
+
 def parse_arguments(argv: list[str]) -> RunArguments:
     """Parse the command line (or one JSON file of flags) over the defaults of recipes.py."""
     json_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
@@ -192,6 +209,7 @@ def parse_arguments(argv: list[str]) -> RunArguments:
         label_column=first["label_column"],
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         recipe=first.get("recipe"),
+        pretrained=pretraining_record(first["init_from"]),
     )
     parser = _parser()
     if json_file:

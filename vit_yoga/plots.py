@@ -42,6 +42,32 @@ def plot_history(log_history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def plot_pretraining_history(log_history: list[dict[str, Any]], path: Path) -> bool:
+    """pretrain.py's curves: the self-supervised loss per epoch, and the k-NN top-1 and features' spread at each
+    evaluation (epoch 0: at initialisation); False (nothing written) when nothing was logged."""
+    train = [e for e in log_history if "loss" in e and "epoch" in e]
+    evals = [e for e in log_history if "eval_feature_spread" in e]
+    if not train and not evals:
+        return False
+    figure = _figure(11, 4)
+    ax_loss, ax_knn = figure.subplots(1, 2)
+    ax_loss.plot([e["epoch"] for e in train], [e["loss"] for e in train], "o-", label="self-supervised loss")
+    ax_loss.set_ylabel("loss")
+    with_knn = [e for e in evals if "eval_knn_top1" in e]
+    if with_knn:
+        ax_knn.plot([e.get("epoch", 0) for e in with_knn], [e["eval_knn_top1"] for e in with_knn], "o-",
+                    color="C2", label="k-NN top-1 (validation)")
+    ax_knn.plot([e.get("epoch", 0) for e in evals], [e["eval_feature_spread"] for e in evals], "s--", color="C3",
+                label="feature spread (1: even, 0: collapsed)")
+    ax_knn.set_ylabel("k-NN top-1 / spread")
+    for ax in (ax_loss, ax_knn):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.savefig(path, dpi=120)
+    return True
+
+
 def plot_confusion(logits: np.ndarray, labels: np.ndarray, names: list[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix (true class per row) of the top-1 predictions."""
     n = len(names)

@@ -121,6 +121,44 @@ SYNTHETIC_POSES: dict[str, Any] = dict(
     dataloader_num_workers=0,
 )
 
+# pretrain.py: what every run needs (an evaluation per epoch: the k-NN reading; pretraining keeps its last weights)
+# and its recipe. The optimiser is train.py's small-data one; the views and the loss: self_supervised.py.
+PRETRAIN_RUN_DEFAULTS: dict[str, Any] = dict(
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    logging_strategy="epoch",
+    save_total_limit=2,
+    load_best_model_at_end=False,
+    remove_unused_columns=False,
+    restore_callback_states_from_checkpoint=True,
+)
+PRETRAIN_RECIPE: dict[str, Any] = dict(
+    model_preset="vit-ti16",
+    patch_embedding_type="conv_stem",
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    per_device_train_batch_size=64,
+    per_device_eval_batch_size=256,
+    num_train_epochs=100.0,
+    warmup_steps=0.1,
+    lr_scheduler_type="cosine",
+    max_grad_norm=3.0,
+    dataloader_num_workers=min(8, os.cpu_count() or 1),
+)
+# No data set given: the built-in synthetic poses, sized for a CPU like train.py's.
+PRETRAIN_SYNTHETIC: dict[str, Any] = dict(
+    model_preset="vit-pico",
+    per_device_eval_batch_size=128,
+    num_train_epochs=30.0,
+    dataloader_num_workers=0,
+)
+
+# train.py --init_from a backbone that pretrain.py wrote: added to the recipe (the log says so). Chosen by measurement
+# on the real photos (docs/pretraining.md).
+FINE_TUNE_PRETRAINED: dict[str, Any] = dict(
+    layer_decay=0.75,
+)
+
 # Architecture and regularisation come from the checkpoint that --init_from names, not from a recipe.
 FROM_CHECKPOINT = ("model_preset", "patch_embedding_type", "hidden_dropout_prob", "drop_path_rate")
 
@@ -141,9 +179,11 @@ def output_dir_name(label_level: str, label_column: str | None) -> str:
 
 def run_defaults(
     *, synthetic: bool, init_from: str | None, label_level: str, label_column: str | None, world_size: int,
-    recipe: str | None,
+    recipe: str | None, pretrained: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """The defaults of one run: all of them, the recipe's alone (for the log), and where they come from."""
+    """The defaults of one run: all of them, the recipe's alone (for the log), and where they come from.
+    ``pretrained``: the ``pretraining`` record of an ``--init_from`` backbone written by pretrain.py, which adds the
+    fine-tuning recipe."""
     name = recipe or DEFAULT_RECIPE
     chosen, source = dict(RECIPES[name]), f"the {name!r} recipe"
     if synthetic:
@@ -152,6 +192,10 @@ def run_defaults(
     if init_from:
         for field in FROM_CHECKPOINT:
             chosen.pop(field, None)
+    if init_from and pretrained:
+        chosen.update(FINE_TUNE_PRETRAINED)
+        source += (f", with the fine-tuning recipe for a backbone pretrained by pretrain.py ({pretrained.get('method')}"
+                   f", {init_from})")
     defaults = {**RUN_DEFAULTS, **chosen, **machine_defaults(world_size)}
     defaults["output_dir"] = os.path.join("runs", output_dir_name(label_level, label_column))
     return defaults, chosen, source

@@ -27,6 +27,31 @@ class YogaTrainer(Trainer):
         self._correct: torch.Tensor | None = None  # on the device: counting must not wait for the GPU every step
         self._seen = 0
 
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with layer-wise learning-rate decay when ``--layer_decay`` < 1 (BEiT's and MAE's
+        fine-tuning): the head and the final norm at the full rate, block i at ``layer_decay`` ** (depth - i), the
+        embeddings at ``layer_decay`` ** (depth + 1). The scheduler scales every group alike."""
+        decay = getattr(self.args, "layer_decay", 1.0)
+        if decay >= 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        depth = model.config.num_hidden_layers
+        with_weight_decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            layer = layer_index(name, depth)
+            decayed = name in with_weight_decay
+            group = groups.setdefault((layer, decayed), {
+                "params": [], "weight_decay": self.args.weight_decay if decayed else 0.0,
+                "lr": self.args.learning_rate * decay ** (depth + 1 - layer),
+            })
+            group["params"].append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
+        return self.optimizer
+
     def get_train_dataloader(self):
         # Trainer builds every DataLoader from self.data_collator; the training one alone gets train_collator.
         eval_collator, self.data_collator = self.data_collator, self.train_collator
@@ -60,3 +85,14 @@ class YogaTrainer(Trainer):
                 logs["train_accuracy"] = round(correct_total / seen_total, 4)
             self._correct, self._seen = None, 0
         super().log(logs, *args, **kwargs)
+
+
+def layer_index(name: str, depth: int) -> int:
+    """A parameter's depth for layer-wise decay: 0 for the embeddings (patch or stem, class token, positions), i + 1
+    for block i, ``depth`` + 1 for the final norm and the heads."""
+    if ".embeddings." in f".{name}":
+        return 0
+    parts = name.split(".")
+    if "layers" in parts:
+        return int(parts[parts.index("layers") + 1]) + 1
+    return depth + 1
