@@ -1,7 +1,7 @@
 """Does self-supervised pretraining on the training images help? Side by side, at CPU size, on 2 cores.
 
     python benchmarks/bench_pretraining.py                                  # real photos (3 seeds), synthetic, digits
-    python benchmarks/bench_pretraining.py --tasks real-photos --seeds 0 1 2 --levers dino no-layer-decay
+    python benchmarks/bench_pretraining.py --tasks real-photos --seeds 0 1 2 --levers resolution-96 dino
     python benchmarks/bench_pretraining.py --smoke                          # a few steps of each row
 
 For each task and seed:
@@ -9,8 +9,9 @@ For each task and seed:
 - (a) ``train.py`` from scratch with the default recipe (the baseline a user gets today);
 - (b) ``pretrain.py`` on the training split's images (the default method), then ``train.py --init_from`` it with the
   same fine-tuning budget as (a) (the fine-tuning recipe is picked automatically);
-- (c) each lever asked for with ``--levers``: ``dino`` (pretrain.py --method dino, multi-crop), ``no-layer-decay``
-  (the same pretrained backbone fine-tuned with --layer_decay 1).
+- (c) each lever asked for with ``--levers``: ``dino`` (pretrain.py --method dino, multi-crop), ``layer-decay``
+  (the same pretrained backbone fine-tuned with --layer_decay 0.75), ``resolution-96`` (train.py from scratch at
+  96 px instead of 64; real photos only).
 
 Tasks: ``real-photos`` (the 415 real web photos of 7 poses beside the repository, prepared with ``python -m yoga82
 prepare``; vit-pico at 64 px, batch 32, level-3 test top-1 on 103 photos), ``synthetic`` (the built-in poses out of
@@ -46,7 +47,7 @@ from bench_learning import (  # noqa: E402
 PRETRAIN = PROJECT / "pretrain.py"
 TRAIN = PROJECT / "train.py"
 # Pretraining budgets, in epochs of the training images (the same for every method).
-PRETRAIN_EPOCHS = {"real-photos": 100, "synthetic": 30, "digits": 30}
+PRETRAIN_EPOCHS = {"real-photos": 100, "synthetic": 10, "digits": 30}
 
 
 def run(script: Path, args: list[str], output_dir: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -105,10 +106,13 @@ def rows_of(task: str, seed: int, work: Path, env: dict[str, str], levers: list[
     add("(b) pretrain.py (simclr), then train.py --init_from", run(
         TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-simclr")], runs / "tuned-simclr", env),
         simclr)
-    if "no-layer-decay" in levers:
-        add("(c) as (b), fine-tuned with --layer_decay 1", run(
-            TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-simclr"), "--layer_decay", "1"],
-            runs / "tuned-simclr-flat", env), simclr)
+    if "layer-decay" in levers:
+        add("(c) as (b), fine-tuned with --layer_decay 0.75", run(
+            TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-simclr"), "--layer_decay", "0.75"],
+            runs / "tuned-simclr-decay", env), simclr)
+    if "resolution-96" in levers and task == "real-photos":
+        add("(c) train.py from scratch at 96 px (--image_size 96)", run(
+            TRAIN, [*data, *train, *seeded, "--image_size", "96"], runs / "scratch-96px", env))
     if "dino" in levers:
         dino = run(PRETRAIN, [*data, *pre, *seeded, "--method", "dino", "--local_views", "4"], runs / "pretrain-dino",
                    env)
@@ -119,7 +123,8 @@ def rows_of(task: str, seed: int, work: Path, env: dict[str, str], levers: list[
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| task | seed | run | top-1 | k-NN top-1 (start -> end) | time (pretraining) |", "|---|---|---|---|---|---|"]
+    lines = ["| task | seed | run | top-1 | k-NN top-1 (start -> end) | time (pretraining) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         knn = f"{r['knn_start']:.3f} -> {r['knn_end']:.3f}" if r.get("knn_end") is not None else "-"
         pre = f" ({r['pretrain_s'] / 60:.1f})" if "pretrain_s" in r else ""
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=["real-photos", "synthetic", "digits"],
                         default=(["real-photos"] if REAL_PHOTOS_RELEASE.is_dir() else []) + ["synthetic", "digits"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the real-photo rows")
-    parser.add_argument("--levers", nargs="*", default=[], choices=["dino", "no-layer-decay"])
+    parser.add_argument("--levers", nargs="*", default=[], choices=["dino", "layer-decay", "resolution-96"])
     parser.add_argument("--real_photos", type=Path, default=None, help="the prepared real photos (default: prepare "
                         "../shared/real-photos into the work folder)")
     parser.add_argument("--smoke", action="store_true", help="two steps per run: checks the script, not learning")

@@ -221,6 +221,7 @@ class PretrainTrainer(Trainer):
                  knn_queries: datasets.Dataset | None = None, knn_k: int = 20, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.knn_bank, self.knn_queries, self.knn_k = knn_bank, knn_queries, knn_k
+        self.warned_of_collapse = False
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:  # a training log: every process gets here at the same step
@@ -254,7 +255,9 @@ class PretrainTrainer(Trainer):
         finally:
             model.train(was_training)
         self.log(metrics)
-        warn_if_collapsed(self.state.log_history, self.state.global_step, self.state.max_steps)
+        if not self.warned_of_collapse:  # once a run: the curves show the rest
+            self.warned_of_collapse = warn_if_collapsed(self.state.log_history, self.state.global_step,
+                                                        self.state.max_steps)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
