@@ -24,6 +24,7 @@ from vit_yoga.arguments import parse_arguments
 from vit_yoga.card import write_model_card
 from vit_yoga.data import load_data
 from vit_yoga.evaluation import HierarchicalMetrics, evaluate_split
+from vit_yoga.image_cache import decode_once
 from vit_yoga.models import SaveHierarchicalPipeline, build_model, image_processor, save_hierarchical_pipeline
 from vit_yoga.outputs import (
     UmaskPermissions,
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters, "
                 f"{config.num_hidden_layers} layers x {config.hidden_size} wide, {config.image_size} px; labels "
                 f"{labels.columns}; data {', '.join(f'{k}: {len(v)}' for k, v in dataset.items())}")
+
+    # Images much larger than the model needs are decoded and resized once, into a cache later epochs and runs reuse.
+    dataset = decode_once(dataset, image_column, config.image_size, training_args, mode=data_args.decode_cache)
 
     # 4. Input pipeline: training images decoded and augmented on the fly; evaluation images prepared exactly as
     # pipeline("image-classification") prepares them with the saved processor.

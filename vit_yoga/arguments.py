@@ -92,6 +92,15 @@ class DataSourceArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
     synthetic_images_per_class: int = field(default=40, metadata={"help": "Size of the synthetic data set."})
     synthetic_image_size: int = field(default=64, metadata={"help": "Side of the synthetic images."})
+    decode_cache: str = field(
+        default="auto",
+        metadata={"help": "'auto': when a sample of the image headers shows the train or validation images much "
+                          "larger than the model needs (over 2.25x the pixels of a shorter side of max(256, 8/7 of "
+                          "the image size)), decode and resize them once to that shorter side, into a lossless cache "
+                          "beside the data set that later epochs and runs reuse (rebuilt when a file changes). "
+                          "'off': decode the original files at every read.",
+                  "choices": ["auto", "off"]},
+    )
 
     @property
     def synthetic(self) -> bool:
