@@ -105,10 +105,12 @@ class Classifier:
 
 def load_classifier(model_ref: str) -> Classifier:
     """A train.py output folder or a Hub id, with the code it ships (``trust_remote_code``)."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
     try:
-        model = AutoModelForImageClassification.from_pretrained(
+        config = AutoConfig.from_pretrained(model_ref, trust_remote_code=True)
+        backbone_only = bool(getattr(config, "pretraining", None)) and config.architectures == ["ViTYogaModel"]
+        model = None if backbone_only else AutoModelForImageClassification.from_pretrained(
             model_ref, trust_remote_code=True, attn_implementation="eager"
         ).eval()
         processor = AutoImageProcessor.from_pretrained(model_ref)
@@ -117,6 +119,11 @@ def load_classifier(model_ref: str) -> Classifier:
             f"--model {model_ref}: cannot load it ({error}). Give an output folder of train.py (e.g. runs/all) or a "
             "Hub model id."
         ) from None
+    if model is None:
+        raise DemoUsageError(
+            f"--model {model_ref} is a backbone pretrained by pretrain.py: it has no classification head. Fine-tune it "
+            f"first (`python train.py --init_from {model_ref} --dataset_name ...`) and serve that output folder."
+        )
     tree_probabilities, describe, levels = tree_functions(model, model_ref)
     return Classifier(model, processor, model_ref.rstrip("/"), levels, checkpoint_class_names(model.config, levels),
                       tree_probabilities, describe, model_info(model, model_ref, levels))

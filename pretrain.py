@@ -47,7 +47,7 @@ from vit_yoga.runtime import setup_logging, share_cpu_cores
 from vit_yoga.self_supervised import SelfSupervisedViews, ViewsTransform
 from yoga_common.errors import UsageError
 from yoga_common.files import give_umask_permissions
-from yoga_common.hub import MODEL_EXCLUDE, push_folder, retry_command
+from yoga_common.hub import push_model_folder
 
 logger = logging.getLogger("pretrain")
 
@@ -66,10 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     resume = resolve_resume(training_args)
     set_seed(training_args.seed)
 
-    # 2. Data: the training split's images (and --extra_images), never validation or test; labels for k-NN only.
-    data = load_pretraining_data(data_args, pretrain_args, training_args)
-
-    # 3. Model: a new ViTYoga backbone (or --init_from's), and the method's heads (and teacher) around it.
+    # 2. Model: a new ViTYoga backbone (or --init_from's), and the method's heads (and teacher) around it.
     overrides = config_overrides(model_args, data_args)
     if model_args.init_from:
         backbone = ViTYogaModel.from_pretrained(model_args.init_from, **overrides)
@@ -83,6 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_self_supervised(backbone, pretrain_args)
     processor = image_processor(backbone, model_args.init_from)
     config = backbone.config
+
+    # 3. Data: the training split's images (and --extra_images), never validation or test; labels for k-NN only.
+    # Photos much larger than the model needs are decoded and resized once, into a cache later epochs and runs reuse.
+    data = load_pretraining_data(data_args, pretrain_args, training_args, config.image_size)
     logger.info(f"Method: {pretrain_args.method}; backbone {sum(p.numel() for p in backbone.parameters()):,} "
                 f"parameters, {config.num_hidden_layers} layers x {config.hidden_size} wide, {config.image_size} px; "
                 f"{data.training_images} training images + {data.extra_images} extra; k-NN labels: "
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.add_callback(SelfSupervisedSchedule(trainer, views_of_images))
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics, combined=False)  # no all_results.json: not a classifier
     trainer.save_state()
 
     # 6. Write the backbone checkpoint: weights, config (with what pretraining did), code, processor, curves, card.
@@ -133,16 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 7. Push the finished folder; a failed push leaves it complete and exits non-zero.
     if run.hub and trainer.is_world_process_zero():
-        try:
-            url = push_folder(output_dir, run.hub, exclude=MODEL_EXCLUDE,
-                              commit_message="Upload a ViTYoga backbone pretrained with pretrain.py")
-            logger.info(f"Pushed {output_dir} to {url}")
-        except Exception as error:  # any network or auth failure: the local folder is complete; say how to retry
-            logger.error(
-                f"Upload to the Hub repo {run.hub.repo_id!r} failed ({type(error).__name__}: {error}). The folder "
-                f"{output_dir} is complete; retry with `{retry_command(output_dir, run.hub, exclude=MODEL_EXCLUDE)}`."
-            )
-            raise SystemExit(1) from None
+        push_model_folder(output_dir, run.hub, "Upload a ViTYoga backbone pretrained with pretrain.py", logger)
     return {"output_dir": str(output_dir), "record": record, "trainer": trainer}
 
 

@@ -39,7 +39,7 @@ from vit_yoga.trainer import YogaTrainer
 from vit_yoga.transforms import BatchTransform, EvaluationTransform, TrainingCollator, TrainingTransform, collate
 from yoga_common.errors import UsageError
 from yoga_common.files import give_umask_permissions
-from yoga_common.hub import MODEL_EXCLUDE, push_folder, retry_command
+from yoga_common.hub import push_model_folder
 
 logger = logging.getLogger("train")
 
@@ -141,16 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 8. Push the finished folder; a failed push leaves it complete and exits non-zero.
     if run.hub and trainer.is_world_process_zero():
-        try:
-            url = push_folder(output_dir, run.hub, exclude=MODEL_EXCLUDE,
-                              commit_message="Upload ViTYoga trained with train.py")
-            logger.info(f"Pushed {output_dir} to {url}")
-        except Exception as error:  # any network or auth failure: the local folder is complete; say how to retry
-            logger.error(
-                f"Upload to the Hub repo {run.hub.repo_id!r} failed ({type(error).__name__}: {error}). The folder "
-                f"{output_dir} is complete; retry with `{retry_command(output_dir, run.hub, exclude=MODEL_EXCLUDE)}`."
-            )
-            raise SystemExit(1) from None
+        push_model_folder(output_dir, run.hub, "Upload ViTYoga trained with train.py", logger)
     # The trainer and the splits as prepared above (transforms set) go back to a caller that evaluates further: the
     # train/serve parity test compares this very evaluation path with the pipeline, image by image.
     return {"results": results, "output_dir": str(output_dir), "train": train_metrics, "trainer": trainer,

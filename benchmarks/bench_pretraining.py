@@ -11,7 +11,8 @@ For each task and seed:
   same fine-tuning budget as (a) (the fine-tuning recipe is picked automatically);
 - (c) each lever asked for with ``--levers``: ``dino`` (pretrain.py --method dino, multi-crop), ``layer-decay``
   (the same pretrained backbone fine-tuned with --layer_decay 0.75), ``resolution-96`` (train.py from scratch at
-  96 px instead of 64; real photos only).
+  96 px instead of 64; real photos only), ``long-schedule`` (train.py from scratch for 3x the epochs; real photos
+  only).
 
 Tasks: ``real-photos`` (the 415 real web photos of 7 poses beside the repository, prepared with ``python -m yoga82
 prepare``; vit-pico at 64 px, batch 32, level-3 test top-1 on 103 photos), ``synthetic`` (the built-in poses out of
@@ -83,7 +84,7 @@ def task_flags(task: str, work: Path, given: Path | None, smoke: bool) -> tuple[
 
 
 def rows_of(task: str, seed: int, work: Path, env: dict[str, str], levers: list[str], given: Path | None,
-            smoke: bool) -> list[dict[str, Any]]:
+            smoke: bool, baselines: bool = True) -> list[dict[str, Any]]:
     data, train, pre, score = task_flags(task, work, given, smoke)
     seeded = ["--seed", str(seed)]
     runs = work / "runs" / f"{task}-seed{seed}"
@@ -101,11 +102,14 @@ def rows_of(task: str, seed: int, work: Path, env: dict[str, str], levers: list[
         print(f"[{task} seed {seed}] {name}: top-1 {row['accuracy']:.3f}, {row['wall_s']:.0f} s", file=sys.stderr,
               flush=True)
 
-    add("(a) train.py from scratch (default recipe)", run(TRAIN, [*data, *train, *seeded], runs / "scratch", env))
-    simclr = run(PRETRAIN, [*data, *pre, *seeded], runs / "pretrain-simclr", env)
-    add("(b) pretrain.py (simclr), then train.py --init_from", run(
-        TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-simclr")], runs / "tuned-simclr", env),
-        simclr)
+    if baselines:
+        add("(a) train.py from scratch (default recipe)", run(TRAIN, [*data, *train, *seeded], runs / "scratch", env))
+    if baselines or "layer-decay" in levers:
+        simclr = run(PRETRAIN, [*data, *pre, *seeded], runs / "pretrain-simclr", env)
+    if baselines:
+        add("(b) pretrain.py (simclr), then train.py --init_from", run(
+            TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-simclr")], runs / "tuned-simclr",
+            env), simclr)
     if "layer-decay" in levers:
         add("(c) as (b), fine-tuned with --layer_decay 0.75", run(
             TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-simclr"), "--layer_decay", "0.75"],
@@ -113,6 +117,10 @@ def rows_of(task: str, seed: int, work: Path, env: dict[str, str], levers: list[
     if "resolution-96" in levers and task == "real-photos":
         add("(c) train.py from scratch at 96 px (--image_size 96)", run(
             TRAIN, [*data, *train, *seeded, "--image_size", "96"], runs / "scratch-96px", env))
+    if "long-schedule" in levers and task == "real-photos":
+        add(f"(c) train.py from scratch, {3 * REAL_PHOTOS_EPOCHS} epochs", run(
+            TRAIN, [*data, *train, *seeded, "--num_train_epochs", str(3 * REAL_PHOTOS_EPOCHS)], runs / "scratch-long",
+            env))
     if "dino" in levers:
         dino = run(PRETRAIN, [*data, *pre, *seeded, "--method", "dino", "--local_views", "4"], runs / "pretrain-dino",
                    env)
@@ -154,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=["real-photos", "synthetic", "digits"],
                         default=(["real-photos"] if REAL_PHOTOS_RELEASE.is_dir() else []) + ["synthetic", "digits"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the real-photo rows")
-    parser.add_argument("--levers", nargs="*", default=[], choices=["dino", "layer-decay", "resolution-96"])
+    parser.add_argument("--levers", nargs="*", default=[],
+                        choices=["dino", "layer-decay", "resolution-96", "long-schedule"])
+    parser.add_argument("--levers_only", action="store_true", help="skip the (a) and (b) rows")
     parser.add_argument("--real_photos", type=Path, default=None, help="the prepared real photos (default: prepare "
                         "../shared/real-photos into the work folder)")
     parser.add_argument("--smoke", action="store_true", help="two steps per run: checks the script, not learning")
@@ -166,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work_dir or Path(temporary)
         env["VIT_YOGA_CACHE"] = str(work / "cache")
         rows = [row for task in args.tasks for seed in (args.seeds if task == "real-photos" else args.seeds[:1])
-                for row in rows_of(task, seed, work, env, args.levers, args.real_photos, args.smoke)]
+                for row in rows_of(task, seed, work, env, args.levers, args.real_photos, args.smoke,
+                                   baselines=not args.levers_only)]
     report = {"machine": machine(), "rows": rows}
     print(f"Machine: {report['machine']}\n\n{format_table(rows)}\n\n{summary(rows)}")
     if args.json:

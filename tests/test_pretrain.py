@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import PROJECT_ROOT, load_script
+from huggingface_hub import HfApi
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import set_seed
@@ -197,6 +198,9 @@ def test_mistakes_are_refused_before_any_work(poses, tmp_path):
         pretrain_main(pretrain_args(poses, tmp_path / "a", "--local_views", "2"))
     with pytest.raises(UsageError, match="--extra_images .* is not a folder"):
         pretrain_main(pretrain_args(poses, tmp_path / "b", "--extra_images", str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="--extra_images .*empty holds no readable image files"):
+        pretrain_main(pretrain_args(poses, tmp_path / "d", "--extra_images", str(tmp_path / "empty")))
     with pytest.raises(UsageError, match="--global_views 1"):
         pretrain_main(pretrain_args(poses, tmp_path / "c", "--global_views", "1"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -293,14 +297,27 @@ def test_a_killed_dino_run_resumes_to_the_same_teacher_and_centre(poses, tmp_pat
 
 
 @pytest.mark.slow
-def test_the_backbone_loads_in_a_fresh_process_and_train_py_fine_tunes_it(poses, tmp_path, caplog):
+def test_the_backbone_loads_in_a_fresh_process_and_train_py_fine_tunes_it(poses, tmp_path, caplog, monkeypatch):
+    commits = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: repo_id)
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: commits.append(
+        (repo_id, sorted(op.path_in_repo for op in operations))))
+    secret = "hf_DoNotLogThisTokenAnywhere1234"
     out = tmp_path / "backbone"
     extra = tmp_path / "extra"
     (extra / "nested").mkdir(parents=True)
     for i in range(5):
         Image.fromarray((torch.rand(48, 40, 3) * 255).byte().numpy()).save(extra / "nested" / f"{i}.png")
-    result = pretrain_main(pretrain_args(poses, out, "--max_train_samples", "32", "--max_eval_samples", "16",
-                                         "--num_train_epochs", "2", "--extra_images", str(extra)))
+    with caplog.at_level(logging.INFO):
+        result = pretrain_main(pretrain_args(poses, out, "--max_train_samples", "32", "--max_eval_samples", "16",
+                                             "--num_train_epochs", "2", "--extra_images", str(extra), "--push_to_hub",
+                                             "--hub_model_id", "me/backbone", "--hub_token", secret))
+    # Pushed once, at the end: exactly the finished folder, no checkpoint, no pickle, no token anywhere.
+    assert commits == [("me/backbone", sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()
+                                              and not p.relative_to(out).parts[0].startswith("checkpoint-")))]
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in commits[0][1])
+    assert secret not in caplog.text
+    assert not [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     record = result["record"]
     assert record["training_images"] == 32 and record["extra_images"] == 5 and record["method"] == "simclr"
     files = {p.name for p in out.iterdir()}
@@ -328,6 +345,12 @@ def test_the_backbone_loads_in_a_fresh_process_and_train_py_fine_tunes_it(poses,
         expected = ViTYogaModel.from_pretrained(out).eval()(pixel_values=pixels).pooler_output.sum().item()
     assert name == "ViTYogaModel" and float(value) == pytest.approx(expected, rel=1e-5)
 
+    # The demo refuses a backbone with the fix, and never takes one for the newest finished run.
+    app = load_script("app.py")
+    with pytest.raises(app["DemoUsageError"], match="backbone pretrained by pretrain.py.*train.py --init_from"):
+        app["load_classifier"](str(out))
+    assert app["newest_run"](tmp_path) is None
+
     tuned = tmp_path / "tuned"
     with caplog.at_level(logging.INFO):
         run = train_main(["--dataset_name", str(poses), "--init_from", str(out), "--output_dir", str(tuned),
@@ -337,6 +360,7 @@ def test_the_backbone_loads_in_a_fresh_process_and_train_py_fine_tunes_it(poses,
     assert "layer_decay=0.75" in caplog.text
     config = read_json(tuned / "config.json")
     assert config["init_lineage"][-1]["checkpoint"] == str(out) and config["label_level"] == "label_6"
+    assert app["newest_run"](tmp_path) == tuned
     groups = run["trainer"].optimizer.param_groups
     rates = [g["initial_lr"] for g in groups]  # before the schedule: the head's rate and the embeddings' 0.75 ** 3
     assert min(rates) == pytest.approx(max(rates) * 0.75 ** 3) and max(rates) == pytest.approx(5e-4)

@@ -24,6 +24,7 @@ from yoga_common.hub import HubTarget
 
 from .arguments import SYNTHETIC, DataSourceArguments, ModelArguments
 from .data import LEVEL_COLUMNS, find_image_column, find_labels, load_image_dataset
+from .image_cache import decode_once
 from .recipes import PRETRAIN_RECIPE, PRETRAIN_RUN_DEFAULTS, PRETRAIN_SYNTHETIC, machine_defaults
 from .self_supervised import METHODS, SelfSupervisedViT, ViewsTransform, feature_spread
 from .transforms import BatchTransform, EvaluationTransform
@@ -143,11 +144,13 @@ def knn_label_column(features: datasets.Features, data_args: DataSourceArguments
 
 
 def load_pretraining_data(data_args: DataSourceArguments, pretrain_args: PretrainArguments,
-                          training_args: TrainingArguments) -> PretrainingData:
+                          training_args: TrainingArguments, image_size: int) -> PretrainingData:
     """The images pretraining learns from: the training split only (validation and test stay unseen, so that a
-    fine-tuned model's scores stay honest), plus --extra_images; and the labelled splits of the k-NN reading."""
+    fine-tuned model's scores stay honest), plus --extra_images; and the labelled splits of the k-NN reading. Images
+    much larger than ``image_size`` needs are decoded once (image_cache.decode_once, --decode_cache)."""
     dataset = load_image_dataset(data_args, training_args)
     image_column = find_image_column(dataset["train"].features, data_args.image_column)
+    dataset = decode_once(dataset, image_column, image_size, training_args, mode=data_args.decode_cache)
     if data_args.max_train_samples:
         dataset["train"] = dataset["train"].select(range(min(data_args.max_train_samples, len(dataset["train"]))))
     if data_args.max_eval_samples:
@@ -156,11 +159,18 @@ def load_pretraining_data(data_args: DataSourceArguments, pretrain_args: Pretrai
     train = _images_only(dataset["train"], image_column)
     extra = None
     if pretrain_args.extra_images:
-        extra = datasets.load_dataset("imagefolder", data_dir=pretrain_args.extra_images, drop_labels=True,
-                                      split="train")
-        extra = _images_only(extra, find_image_column(extra.features, None))
+        try:
+            extra = datasets.load_dataset("imagefolder", data_dir=pretrain_args.extra_images, drop_labels=True,
+                                          split="train")
+        except (FileNotFoundError, ValueError) as error:  # datasets' "no data files" errors derive from these
+            raise UsageError(f"--extra_images {pretrain_args.extra_images} holds no readable image files "
+                             f"({type(error).__name__}); give a folder of photos.") from None
         if len(extra) == 0:
             raise UsageError(f"--extra_images {pretrain_args.extra_images} holds no image files.")
+        column = find_image_column(extra.features, None)
+        extra = decode_once(datasets.DatasetDict(train=extra), column, image_size, training_args,
+                            mode=data_args.decode_cache)["train"]
+        extra = _images_only(extra, column)
     images = datasets.concatenate_datasets([train, extra]) if extra is not None else train
     images = images.add_column("index", list(range(len(images))))  # each image's own views (ViewsTransform)
 

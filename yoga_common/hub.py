@@ -73,3 +73,17 @@ def retry_command(folder: str | Path, target: HubTarget, *, repo_type: str = "mo
     type_flag = f" --repo-type {repo_type}" if repo_type != "model" else ""
     excludes = "".join(f" --exclude {shlex.quote(pattern)}" for pattern in (*exclude, ".*"))
     return f"hf upload {shlex.quote(target.repo_id)} {shlex.quote(str(folder))} .{type_flag}{excludes}"
+
+
+def push_model_folder(folder: str | Path, target: HubTarget, commit_message: str, logger: Any) -> None:
+    """Push a finished model folder (its checkpoints and pickles excluded) and log where; a failed push logs the
+    error and the ``hf upload`` command that retries it, and exits 1: the local folder is complete either way."""
+    try:
+        url = push_folder(folder, target, exclude=MODEL_EXCLUDE, commit_message=commit_message)
+        logger.info(f"Pushed {folder} to {url}")
+    except Exception as error:  # any network or auth failure: the local folder is complete; say how to retry
+        logger.error(
+            f"Upload to the Hub repo {target.repo_id!r} failed ({type(error).__name__}: {error}). The folder "
+            f"{folder} is complete; retry with `{retry_command(folder, target, exclude=MODEL_EXCLUDE)}`."
+        )
+        raise SystemExit(1) from None
