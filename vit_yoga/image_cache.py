@@ -76,11 +76,12 @@ def decode_once(
         raise ValueError(f"decode_once mode {mode!r} is unknown; choose one of {DECODE_CACHE_MODES}.")
     size = cache_size(image_size)
     present = [split for split in splits if split in dataset]
-    if mode == "off":
-        logger.info(f"Decode once: off; {_and(present)} images are decoded from the data set at every read.")
+    if mode == "off" or not present:
+        logger.info("Decode once: off; the images are decoded from the data set at every read." if present else
+                    f"Decode once: nothing to do (no {' or '.join(splits)} split).")
         return dataset
-    if not isinstance(dataset[present[0]].features.get(image_column) if present else None, datasets.Image):
-        logger.info(f"Decode once: nothing to do ({image_column!r} is not an Image column of {_and(present)}).")
+    if not isinstance(dataset[present[0]].features.get(image_column), datasets.Image):
+        logger.info(f"Decode once: nothing to do ({image_column!r} is not an Image column).")
         return dataset
     ratios = {split: pixel_ratio(dataset[split], image_column, size) for split in present}
     chosen = [split for split in present if ratios[split] > PIXEL_RATIO_THRESHOLD]
