@@ -61,7 +61,8 @@ def run(script: Path, args: list[str], output_dir: Path, env: dict[str, str]) ->
     return {**files, "wall_s": time.perf_counter() - started}
 
 
-def task_flags(task: str, work: Path, given: Path | None, smoke: bool) -> tuple[list[str], list[str], list[str], str]:
+def task_flags(task: str, work: Path, given: Path | None, smoke: bool, synthetic_epochs: float | None = None
+               ) -> tuple[list[str], list[str], list[str], str]:
     """(data flags for both scripts, train.py's schedule, pretrain.py's schedule, the results key of the score)."""
     if task == "real-photos":
         data = ["--dataset_name", str(real_photos_folder(work, given)), "--label_level", "3"]
@@ -69,7 +70,8 @@ def task_flags(task: str, work: Path, given: Path | None, smoke: bool) -> tuple[
         pre = ["--model_preset", "vit-pico", "--num_train_epochs", str(PRETRAIN_EPOCHS[task])]
         score = "test_accuracy"
     elif task == "synthetic":
-        data, train, score = ["--label_level", "3"], [], "test_accuracy"
+        data, score = ["--label_level", "3"], "test_accuracy"
+        train = ["--num_train_epochs", str(synthetic_epochs)] if synthetic_epochs else []
         pre = ["--num_train_epochs", str(PRETRAIN_EPOCHS[task])]
     else:
         digits = write_digits(work / "digits")
@@ -84,8 +86,8 @@ def task_flags(task: str, work: Path, given: Path | None, smoke: bool) -> tuple[
 
 
 def rows_of(task: str, seed: int, work: Path, env: dict[str, str], levers: list[str], given: Path | None,
-            smoke: bool, baselines: bool = True) -> list[dict[str, Any]]:
-    data, train, pre, score = task_flags(task, work, given, smoke)
+            smoke: bool, baselines: bool = True, synthetic_epochs: float | None = None) -> list[dict[str, Any]]:
+    data, train, pre, score = task_flags(task, work, given, smoke, synthetic_epochs)
     seeded = ["--seed", str(seed)]
     runs = work / "runs" / f"{task}-seed{seed}"
     rows = []
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levers", nargs="*", default=[],
                         choices=["dino", "layer-decay", "resolution-96", "long-schedule"])
     parser.add_argument("--levers_only", action="store_true", help="skip the (a) and (b) rows")
+    parser.add_argument("--synthetic_epochs", type=float, default=None,
+                        help="train.py's budget on the synthetic poses (default: its out-of-the-box 30 epochs)")
     parser.add_argument("--real_photos", type=Path, default=None, help="the prepared real photos (default: prepare "
                         "../shared/real-photos into the work folder)")
     parser.add_argument("--smoke", action="store_true", help="two steps per run: checks the script, not learning")
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         env["VIT_YOGA_CACHE"] = str(work / "cache")
         rows = [row for task in args.tasks for seed in (args.seeds if task == "real-photos" else args.seeds[:1])
                 for row in rows_of(task, seed, work, env, args.levers, args.real_photos, args.smoke,
-                                   baselines=not args.levers_only)]
+                                   baselines=not args.levers_only, synthetic_epochs=args.synthetic_epochs)]
     report = {"machine": machine(), "rows": rows}
     print(f"Machine: {report['machine']}\n\n{format_table(rows)}\n\n{summary(rows)}")
     if args.json:
