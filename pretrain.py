@@ -43,9 +43,9 @@ from vit_yoga.pretraining import (
     write_pretraining_card,
     write_results,
 )
-from vit_yoga.runtime import setup_logging, share_cpu_cores
+from vit_yoga.runtime import start_run
 from vit_yoga.self_supervised import SelfSupervisedViews, ViewsTransform
-from yoga_common.errors import UsageError
+from yoga_common.errors import UsageError, command_line
 from yoga_common.files import give_umask_permissions
 from yoga_common.hub import push_model_folder
 
@@ -56,11 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. Parse: pretraining's defaults first, then the user's flags.
     run = parse_pretrain_arguments(sys.argv[1:] if argv is None else argv)
     model_args, data_args, pretrain_args, training_args = run.model, run.data, run.pretrain, run.training
-    setup_logging(training_args)
-    logging.getLogger("pretrain").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    logger.log(logging.WARNING if data_args.synthetic else logging.INFO, run.defaults_note)
-    if threads := share_cpu_cores():
-        logger.info(f"CPU training: {threads} threads per process (accelerate launch had set 1).")
+    start_run(training_args, logger, run.defaults_note, data_args.synthetic)
     output_dir = Path(training_args.output_dir)
     replaces_previous_run = check_output_dir(training_args, overwrite=training_args.overwrite_output_dir)
     resume = resolve_resume(training_args)
@@ -138,15 +134,5 @@ def main(argv: list[str] | None = None) -> dict:
     return {"output_dir": str(output_dir), "record": record, "trainer": trainer}
 
 
-def cli() -> int:
-    """The command line: a mistake a user can fix is one ``error:`` line and exit status 2, before any work."""
-    try:
-        main()
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(command_line(main))  # a UsageError: one "error: ..." line and exit status 2

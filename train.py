@@ -34,10 +34,10 @@ from vit_yoga.outputs import (
     set_aside_previous_run,
 )
 from vit_yoga.plots import plot_history
-from vit_yoga.runtime import setup_logging, share_cpu_cores
+from vit_yoga.runtime import start_run
 from vit_yoga.trainer import YogaTrainer
 from vit_yoga.transforms import BatchTransform, EvaluationTransform, TrainingCollator, TrainingTransform, collate
-from yoga_common.errors import UsageError
+from yoga_common.errors import command_line
 from yoga_common.files import give_umask_permissions
 from yoga_common.hub import push_model_folder
 
@@ -48,10 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 1. Parse: the recipe's defaults first, then the user's flags (every flag wins over its default).
     run = parse_arguments(sys.argv[1:] if argv is None else argv)
     model_args, data_args, training_args = run.model, run.data, run.training
-    setup_logging(training_args)
-    logger.log(logging.WARNING if data_args.synthetic else logging.INFO, run.defaults_note)
-    if threads := share_cpu_cores():
-        logger.info(f"CPU training: {threads} threads per process (accelerate launch had set 1).")
+    start_run(training_args, logger, run.defaults_note, data_args.synthetic)
     output_dir = Path(training_args.output_dir)
 
     # Everything a user can get wrong is checked before training: the output folder, the checkpoint to resume,
@@ -148,15 +145,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "datasets": dataset}
 
 
-def cli() -> int:
-    """The command line: a mistake a user can fix is one ``error:`` line and exit status 2, before any work."""
-    try:
-        main()
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(command_line(main))  # a UsageError: one "error: ..." line and exit status 2

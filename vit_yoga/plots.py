@@ -33,13 +33,17 @@ def plot_history(log_history: list[dict[str, Any]], path: Path) -> bool:
                 label="train (augmented)")
     ax_acc.plot([e["epoch"] for e in evals], [e.get("eval_accuracy", np.nan) for e in evals], "o-",
                 label="validation")
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    _save_per_epoch(figure, {ax_loss: "loss", ax_acc: "accuracy"}, path)
+    return True
+
+
+def _save_per_epoch(figure: Any, axes: dict[Any, str], path: Path) -> None:
+    for ax, name in axes.items():
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
     figure.savefig(path, dpi=120)
-    return True
 
 
 def plot_pretraining_history(log_history: list[dict[str, Any]], path: Path) -> bool:
@@ -51,20 +55,14 @@ def plot_pretraining_history(log_history: list[dict[str, Any]], path: Path) -> b
         return False
     figure = _figure(11, 4)
     ax_loss, ax_knn = figure.subplots(1, 2)
-    ax_loss.plot([e["epoch"] for e in train], [e["loss"] for e in train], "o-", label="self-supervised loss")
-    ax_loss.set_ylabel("loss")
+    ax_loss.plot([e["epoch"] for e in train], [e["loss"] for e in train], "o-", label="train")
     with_knn = [e for e in evals if "eval_knn_top1" in e]
     if with_knn:
         ax_knn.plot([e.get("epoch", 0) for e in with_knn], [e["eval_knn_top1"] for e in with_knn], "o-",
                     color="C2", label="k-NN top-1 (validation)")
     ax_knn.plot([e.get("epoch", 0) for e in evals], [e["eval_feature_spread"] for e in evals], "s--", color="C3",
                 label="feature spread (1: even, 0: collapsed)")
-    ax_knn.set_ylabel("k-NN top-1 / spread")
-    for ax in (ax_loss, ax_knn):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figure.savefig(path, dpi=120)
+    _save_per_epoch(figure, {ax_loss: "self-supervised loss", ax_knn: "k-NN top-1 / spread"}, path)
     return True
 
 
