@@ -7,7 +7,8 @@
 This file ships with every checkpoint (config.json's ``custom_pipelines`` names it, as transformers' pipeline registry
 writes it), so a Hub user gets it with no install; it imports only torch and transformers. It takes what
 ``pipeline("image-classification")`` takes (paths, URLs, PIL images, lists, ``batch_size``); the probabilities come
-from the model code's ``tree_probabilities``, so every level agrees with the tree.
+from the model code's ``tree_probabilities``, so every level agrees with the tree, and become answers through
+``answers_vit_yoga.LabelTree`` (numpy), the same code the ONNX Runtime runner uses.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import torch
 from transformers import ImageClassificationPipeline
 
 try:  # as a package (a Hub checkpoint loaded with trust_remote_code)
-    from .modeling_vit_yoga import minimum_risk_path, most_probable_path, predicted_levels, tree_probabilities
+    from .answers_vit_yoga import DECISIONS, LabelTree
+    from .modeling_vit_yoga import predicted_levels, tree_probabilities
 except ImportError:  # as a plain module (this repository)
-    from modeling_vit_yoga import minimum_risk_path, most_probable_path, predicted_levels, tree_probabilities
+    from answers_vit_yoga import DECISIONS, LabelTree
+    from modeling_vit_yoga import predicted_levels, tree_probabilities
 
 PIPELINE_TASK = "hierarchical-image-classification"
-DECISIONS = ("probability", "risk")
 # config.json's entry for this pipeline, as `PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK,
 # HierarchicalImageClassificationPipeline, AutoModelForImageClassification, type="image")` followed by the pipeline's
 # save_pretrained writes it (tests/test_hierarchy.py compares the two).
@@ -37,12 +39,9 @@ CUSTOM_PIPELINES = {
 }
 
 
-def level_class_names(config) -> list[list[str]]:
-    """The class names of each level of ``predicted_levels(config)``, coarsest first."""
-    levels = predicted_levels(config)
-    if not config.hierarchy_levels:
-        return [[config.id2label[i] for i in range(config.num_labels)]]
-    return [list(config.hierarchy_class_names[config.hierarchy_levels.index(level)]) for level in levels]
+def label_tree(config) -> LabelTree:
+    """The label tree of the levels ``tree_probabilities`` covers (``predicted_levels(config)``)."""
+    return LabelTree.from_config(config, predicted_levels(config))
 
 
 def describe_tree_prediction(
@@ -53,35 +52,11 @@ def describe_tree_prediction(
     ``{"level", "label", "score"}`` with its marginal probability) and ``path_score`` (its finest node's probability).
 
     ``decision``: "probability" (the most probable finest class and its ancestors) or "risk" (the finest class with
-    the lowest expected tree distance, Karthik et al. 2021: fewer severe mistakes, at a small top-1 cost).
+    the lowest expected tree distance, Karthik et al. 2021: fewer severe mistakes, at a small top-1 cost). Built by
+    ``LabelTree.describe`` (answers_vit_yoga.py).
     """
-    if decision not in DECISIONS:
-        raise ValueError(f"decision={decision!r} is unknown; choose one of {list(DECISIONS)}.")
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
-    levels, names = predicted_levels(config), level_class_names(config)
-    if len(probabilities) != len(levels):
-        raise ValueError(f"Expected one probability tensor per level {levels}, got {len(probabilities)}.")
-    probabilities = [p.detach().float().cpu() for p in probabilities]
-    decide = most_probable_path if decision == "probability" else minimum_risk_path
-    path_ids, path_scores = decide(config, probabilities)
-    tops = [p.topk(min(top_k, p.shape[-1]), dim=-1) for p in probabilities]
-    answers = []
-    for image in range(probabilities[0].shape[0]):
-        ids = path_ids[image].tolist()
-        answers.append({
-            "levels": {
-                level: [{"label": level_names[c], "score": s}
-                        for s, c in zip(top.values[image].tolist(), top.indices[image].tolist(), strict=True)]
-                for level, level_names, top in zip(levels, names, tops, strict=True)
-            },
-            "path": [
-                {"level": level, "label": level_names[c], "score": p[image, c].item()}
-                for level, level_names, c, p in zip(levels, names, ids, probabilities, strict=True)
-            ],
-            "path_score": path_scores[image].item(),
-        })
-    return answers
+    arrays = [p.detach().float().cpu().numpy() for p in probabilities]
+    return label_tree(config).describe(arrays, top_k=top_k, decision=decision)
 
 
 class HierarchicalImageClassificationPipeline(ImageClassificationPipeline):
@@ -114,7 +89,7 @@ class HierarchicalImageClassificationPipeline(ImageClassificationPipeline):
 
     def postprocess(self, model_outputs: dict[str, torch.Tensor], top_k: int = 5,
                     decision: str = "probability") -> dict[str, Any]:
-        sizes = [len(names) for names in level_class_names(self.model.config)]
+        sizes = [len(names) for names in label_tree(self.model.config).names]
         probabilities = model_outputs["tree_probabilities"].split(sizes, dim=-1)
         return describe_tree_prediction(self.model.config, probabilities, top_k=top_k, decision=decision)[0]
 
@@ -125,5 +100,5 @@ __all__ = [
     "PIPELINE_TASK",
     "HierarchicalImageClassificationPipeline",
     "describe_tree_prediction",
-    "level_class_names",
+    "label_tree",
 ]

@@ -2,10 +2,12 @@
 
     python -m vit_yoga.predict --model runs/all photos/ more/*.jpg one.png --output predictions.csv   # or .jsonl
 
-Photos are decoded and prepared exactly as ``pipeline("image-classification")`` prepares them (``load_image``, then
-the checkpoint's image processor) in DataLoader workers, while the main process runs the model on batches, so
-decoding hides behind compute. A file that cannot be read becomes a row with its reason; the run goes on. The output
-appears complete or not at all (``yoga_common.files.atomic_file``).
+Photos are decoded and prepared exactly as ``pipeline("hierarchical-image-classification")`` prepares them
+(``vit_yoga.inference.load_photo``, then the checkpoint's image processor, or with ``--onnx`` its numpy twin) in
+DataLoader workers, while the main process runs the model on batches, so decoding hides behind compute; the rows
+are the pipeline's answers (``vit_yoga.torch_runtime`` / ``vit_yoga.onnx_runtime``). A file that cannot be read
+becomes a row with its reason; the run goes on. The output appears complete or not at all
+(``yoga_common.files.atomic_file``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -30,8 +30,7 @@ from tqdm.auto import tqdm
 from yoga_common.errors import UsageError
 from yoga_common.files import atomic_file
 
-if TYPE_CHECKING:
-    from .onnx_runtime import OnnxHierarchicalClassifier
+from .inference import HierarchicalClassifier, load_photo
 
 logger = logging.getLogger(__name__)
 
@@ -66,94 +65,21 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
     return files
 
 
-# ------------------------------------------------------------------------------------------------ the model
-
-
-@dataclass
-class TreeClassifier:
-    """A checkpoint with its own tree functions (its model code's ``tree_probabilities``, its shipped pipeline's
-    ``describe_tree_prediction``): predict answers exactly as the hierarchical pipeline and the demo do."""
-
-    model: torch.nn.Module
-    processor: Any
-    tree_probabilities: Any
-    describe: Any
-    levels: list[str]
-    device: torch.device
-    bf16: bool
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
-    @torch.inference_mode()
-    def run_model(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Each level's tree-consistent probabilities for a batch. The one place the model is called (an ONNX backend
-        would replace this function)."""
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-        with autocast:
-            outputs = self.model(pixel_values=pixel_values.to(self.device, non_blocking=True))
-        level_logits = getattr(outputs, "level_logits", None)
-        logits = outputs.logits if level_logits is None else level_logits
-        return tuple(p.float().cpu() for p in self.tree_probabilities(self.model.config, logits))
-
-
-def load_tree_classifier(model_ref: str, device: str = "auto", bf16: bool | None = None) -> TreeClassifier:
-    """A train.py output folder or Hub id, on ``device`` ("auto": a GPU when there is one), in bf16 autocast on a GPU
-    that supports it unless ``bf16`` says otherwise."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
-    if bf16 is None:
-        bf16 = target.type == "cuda" and torch.cuda.is_bf16_supported()
-    try:
-        model = AutoModelForImageClassification.from_pretrained(model_ref, trust_remote_code=True).eval().to(target)
-        processor = AutoImageProcessor.from_pretrained(model_ref)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--model {model_ref}: cannot load it ({error}); give a train.py output folder or a Hub "
-                         "model id.") from None
-    tree_probabilities, describe, levels = checkpoint_tree_functions(model, model_ref)
-    return TreeClassifier(model, processor, tree_probabilities, describe, levels, target, bf16)
-
-
-def checkpoint_tree_functions(model: torch.nn.Module, model_ref: str) -> tuple[Any, Any, list[str]]:
-    """The checkpoint's own ``tree_probabilities`` (its model code), ``describe_tree_prediction`` (its shipped
-    ``pipeline_vit_yoga.py``) and ``predicted_levels``."""
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-    from transformers.utils import cached_file
-
-    modeling = sys.modules[type(model).__module__]
-    if not (hasattr(modeling, "tree_probabilities") and cached_file(
-            model_ref, "pipeline_vit_yoga.py", _raise_exceptions_for_missing_entries=False)):
-        raise UsageError(
-            f"--model {model_ref} predates the hierarchical pipeline (no pipeline_vit_yoga.py, or model code without "
-            "tree_probabilities); retrain it with this version of train.py, or copy this version's "
-            "configuration_vit_yoga.py and modeling_vit_yoga.py into the folder and run "
-            f"`python -c \"from vit_yoga.models import save_hierarchical_pipeline as s; s('{model_ref}')\"`."
-        )
-    describe = get_class_from_dynamic_module("pipeline_vit_yoga.describe_tree_prediction", model_ref)
-    return modeling.tree_probabilities, describe, list(modeling.predicted_levels(model.config))
-
-
 # ----------------------------------------------------------------------------------------------- the photos
 
 
 class PhotoFiles(Dataset):
-    """(index, pixel_values or None, reason or None) per file, prepared as the image-classification pipeline does."""
+    """(index, pixel_values or None, reason or None) per file, prepared as the hierarchical pipeline does."""
 
-    def __init__(self, files: Sequence[Path], processor: Any) -> None:
-        self.files, self.processor = list(files), processor
+    def __init__(self, files: Sequence[Path], classifier: HierarchicalClassifier) -> None:
+        self.files, self.prepare = list(files), classifier.prepare
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        from transformers.image_utils import load_image
-
         try:
-            image = load_image(str(self.files[index]))
-            return index, self.processor(images=image, return_tensors="pt")["pixel_values"][0], None
+            return index, torch.as_tensor(self.prepare([load_photo(self.files[index])])[0]), None
         except Exception as error:  # any file can be anything: whatever stops its decoding becomes its row's reason
             return index, None, f"{type(error).__name__}: {error}"
 
@@ -168,14 +94,16 @@ def collate_photos(items: list[tuple[int, torch.Tensor | None, str | None]]) -> 
 
 
 def predict_files(
-    classifier: TreeClassifier | OnnxHierarchicalClassifier, files: Sequence[Path], *, batch_size: int = 32,
+    classifier: HierarchicalClassifier, files: Sequence[Path], *, batch_size: int = 32,
     num_workers: int | None = None, top_k: int = 5, decision: str = "probability", progress: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """One row per file, in the order given: ``{"file", "error", "levels", "path", "path_score"}`` (the last three
-    from ``describe_tree_prediction``; ``error`` is None or why the file could not be read)."""
+    the hierarchical pipeline's answer, each path node with the ``display`` name a person reads besides its
+    ``label``; ``error`` is None or why the file could not be read)."""
     workers = default_workers() if num_workers is None else num_workers
-    loader = DataLoader(PhotoFiles(files, classifier.processor), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_photos, pin_memory=classifier.device.type == "cuda",
+    device = getattr(classifier, "device", None)
+    loader = DataLoader(PhotoFiles(files, classifier), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate_photos, pin_memory=device is not None and device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     with tqdm(total=len(files), unit="photo", disable=not progress, desc="predict") as bar:
         for batch in loader:
@@ -183,9 +111,11 @@ def predict_files(
                 i: {"file": str(files[i]), "error": reason} for i, reason in batch["errors"]
             }
             if batch["pixel_values"] is not None:
-                probabilities = classifier.run_model(batch["pixel_values"])
-                answers = classifier.describe(classifier.config, probabilities, top_k=top_k, decision=decision)
+                probabilities, _ = classifier.run_model(batch["pixel_values"])
+                answers = classifier.describe(probabilities, top_k=top_k, decision=decision)
                 for i, answer in zip(batch["indices"], answers, strict=True):
+                    for node in answer["path"]:
+                        node["display"] = classifier.tree.display(node["label"])
                     rows[i] = {"file": str(files[i]), "error": None, **answer}
             for i in sorted(rows):
                 yield rows[i]
@@ -204,12 +134,13 @@ def default_workers() -> int:
 
 
 def csv_row(row: dict[str, Any], levels: Sequence[str], top_k: int) -> dict[str, Any]:
-    """A row flattened for a spreadsheet: the file, the error, the path (a label and score per level), then each
-    level's top-k labels and scores."""
+    """A row flattened for a spreadsheet: the file, the error, the path (per level the class, the name a person
+    reads, and the score), then each level's top-k labels and scores."""
     flat: dict[str, Any] = {"file": row["file"], "error": row["error"] or ""}
     path = {node["level"]: node for node in row.get("path", [])}
     for level in levels:
         flat[level] = path[level]["label"] if level in path else ""
+        flat[f"{level}_name"] = path[level]["display"] if level in path else ""
         flat[f"{level}_score"] = f"{path[level]['score']:.6f}" if level in path else ""
     flat["path_score"] = f"{row['path_score']:.6f}" if "path_score" in row else ""
     for level in levels:
@@ -247,7 +178,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("paths", nargs="+", help="photo files, folders (searched recursively) and glob patterns")
     parser.add_argument("--model", help="a train.py output folder or a Hub model id")
     parser.add_argument("--onnx", metavar="DIR", help="instead of --model: a folder python -m vit_yoga.export wrote "
-                        "(ONNX Runtime on the CPU; the same answers, see the README's Deploy)")
+                        "(ONNX Runtime on the CPU; the same answers, see docs/deployment.md)")
     parser.add_argument("--int8", action="store_true", help="with --onnx: run its model_int8.onnx")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="a .csv or .jsonl file")
     parser.add_argument("--top_k", type=int, default=5, help="classes listed per level")
@@ -274,9 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.onnx:
             from .onnx_runtime import OnnxHierarchicalClassifier
 
-            classifier = OnnxHierarchicalClassifier(args.onnx, int8=args.int8)
+            classifier: HierarchicalClassifier = OnnxHierarchicalClassifier(args.onnx, int8=args.int8)
         else:
-            classifier = load_tree_classifier(args.model, args.device, bf16=False if args.no_bf16 else None)
+            from .torch_runtime import load_checkpoint_classifier
+
+            classifier = load_checkpoint_classifier(args.model, args.device, bf16=False if args.no_bf16 else None)
         rows = predict_files(classifier, files, batch_size=args.batch_size, num_workers=args.num_workers,
                              top_k=args.top_k, decision=args.decision)
         counts = write_predictions(rows, args.output, classifier.levels, args.top_k)
