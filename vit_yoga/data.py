@@ -3,10 +3,12 @@ poses), the splits, the label columns and the label hierarchy as the data states
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import datasets
@@ -16,7 +18,7 @@ from yoga82.labels import LEVELS, LabelTreeError, label_tree
 from yoga82.labels import hierarchy as yoga82_hierarchy
 from yoga_common.errors import UsageError
 
-from .arguments import DataSourceArguments
+from .arguments import SYNTHETIC, DataSourceArguments
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,50 @@ def load_image_dataset(data_args: DataSourceArguments, training_args: TrainingAr
         split = dataset["train"].train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]
     return dataset
+
+
+# Where a run's images came from: train.py writes it under this key of train_results.json (and so all_results.json).
+DATA_RECORD_KEY = "train_data"
+RECORDED_FLAGS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "test_dir", "image_column",
+                  "validation_fraction")
+
+
+def data_record(data_args: DataSourceArguments, seed: int) -> dict[str, Any]:
+    """What a run records about its data (``DATA_RECORD_KEY``): the flags that locate the data set and its splits,
+    local paths made absolute (the record is read from other folders), and the seed its validation hold-out was drawn
+    with, so that ``load_recorded_dataset`` gives the same splits (the ONNX export checks on the test split)."""
+    record: dict[str, Any] = {name: getattr(data_args, name) for name in RECORDED_FLAGS}
+    for name in ("dataset_name", "train_dir", "validation_dir", "test_dir"):
+        if record[name] and record[name] != SYNTHETIC and Path(record[name]).exists():
+            record[name] = str(Path(record[name]).resolve())
+    return dict(record, seed=seed)
+
+
+def read_data_record(folder: str | Path) -> dict[str, Any] | None:
+    """The data record of the run that wrote ``folder`` (a train.py output folder), or None (a Hub id, a folder
+    another program wrote)."""
+    for name in ("all_results.json", "train_results.json"):
+        path = Path(folder) / name
+        try:
+            record = json.loads(path.read_text()).get(DATA_RECORD_KEY) if path.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            record = None
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def recorded_source(record: dict[str, Any]) -> DataSourceArguments:
+    """The data flags a record holds."""
+    return DataSourceArguments(**{name: record[name] for name in RECORDED_FLAGS if name in record})
+
+
+def load_recorded_dataset(record: dict[str, Any]) -> datasets.DatasetDict:
+    """The splits of a recorded run's data set, as ``load_image_dataset`` made them for the run (the same held-out
+    validation split where the data set has none). Not for the synthetic poses (``recorded_source(...).synthetic``),
+    whose images are drawn, not loaded."""
+    run = SimpleNamespace(seed=record.get("seed", 42), do_predict=False)  # what load_image_dataset reads of a run
+    return load_image_dataset(recorded_source(record), run)
 
 
 def load_data(

@@ -1,30 +1,38 @@
 """A ViTYoga checkpoint as an ONNX model that ONNX Runtime runs with no code of ours (``python -m vit_yoga.export``).
 
     python -m vit_yoga.export --model runs/level3 --output_dir runs/level3-onnx [--quantize dynamic] [--opset 17]
-        [--check_images DIR [DIR ...]] [--attn_implementation eager|sdpa] [--exporter torchscript|dynamo]
-        [--attention_maps]
+        [--check_images DIR|synthetic [...]] [--calibration_images DIR|synthetic] [--attention_maps]
+        [--attn_implementation eager|sdpa] [--exporter torchscript|dynamo]
 
 The folder it writes:
 
 - ``model.onnx``: input ``pixel_values`` (batch, 3, H, W), a dynamic batch axis; outputs ``logits`` (the finest
-  level's, as the PyTorch model's ``logits``), for a joint model every level's ``logits_<level>``, and, when the
-  model code has the hierarchy decoding (``tree_probabilities``), ``probabilities_<level>`` for every level of
-  ``predicted_levels``: tree-consistent probabilities, each coarse one the sum of its children's. With
-  ``--attention_maps``, also ``attentions_<i>`` for every layer i (batch, heads, tokens, tokens): the softmaxed
-  attention weights the demo's rollout map is computed from, exported with eager attention (sdpa returns none).
+  level's, as the PyTorch model's ``logits``), for a joint model every level's ``logits_<level>``, and
+  ``probabilities_<level>`` for every level of the checkpoint's ``predicted_levels``: tree-consistent probabilities,
+  each coarse one the sum of its children's. With ``--attention_maps``, also ``attentions_<i>`` for every layer i
+  (batch, heads, tokens, tokens): the softmaxed attention weights the demo's rollout map is computed from, exported
+  with eager attention (sdpa returns none). The graph: vit_yoga/onnx_graph.py.
 - ``model_int8.onnx`` with ``--quantize dynamic``: ONNX Runtime's dynamic quantisation (int8 weights of the
   MatMul/Gemm layers, activations quantised on the fly), mixed precision: the layers whose int8 changes the top-1
-  most on calibration images (``--calibration_images``, default the synthetic poses' validation split) stay fp32
-  until the int8 model agrees with fp32 there (``quantize_with_sensitivity``).
+  most on the calibration images stay fp32 until the int8 model agrees with fp32 there (vit_yoga/int8.py).
 - ``config.json`` (the checkpoint's: label names, tree, decoding rule), ``preprocessor_config.json`` (how to prepare
   an image), ``labels.json`` (levels, names, parents and which output holds which level: all a program with ONNX
   Runtime alone needs; ``attention_maps`` lists the attention outputs) and ``export_results.json`` (what the checks
   measured, the parameter count, and the accuracy the checkpoint's run reported, for the demo's model line).
 
-Before anything is written, the exported graphs are checked against the PyTorch model on real images prepared as
-the image-classification pipeline prepares them: fp32 within ``--tolerance`` (1e-4) on every output (attention maps
-included) and the same top-1 on every image; int8 at least ``--int8_min_agreement`` (99 %) top-1 agreement with
-PyTorch. The folder is built under a temporary name and appears complete, or not at all.
+Before anything is written, each graph is checked against the PyTorch model on photos prepared as the
+image-classification pipeline prepares them: fp32 within ``--tolerance`` (1e-4) on every output (attention maps
+included) and the same top-1 on every image, else nothing is written (exit status 2); int8 at least
+``--int8_min_agreement`` (99 %) top-1 agreement with PyTorch, else the folder is written with the fp32 model alone,
+``export_results.json`` says what int8 measured, and the command exits with status 1. The folder is built under a
+temporary name and appears complete, or not at all.
+
+The photos, by default those of the data set the checkpoint's run recorded (train.py writes where its images came
+from into all_results.json: ``vit_yoga.data.data_record``): the checks run on its test split (at most
+``DATASET_CHECK_LIMIT``, spread over the split), the int8 layers are chosen on its validation split; for a run on the
+built-in synthetic poses, on their test and validation splits, drawn offline. ``--check_images`` and
+``--calibration_images`` name folders of photos (or ``synthetic``) instead, and are needed for a checkpoint that
+records no loadable data set (a Hub id, a converted checkpoint, a data set on the Hub while offline).
 
 Exporter: torch's TorchScript-based ``torch.onnx.export(dynamo=False)`` by default (it is deprecated in torch 2.9+
 but still ships). Measured here (ViT-Ti/16 224 px, sdpa, ONNX Runtime 1.32, one run on a loaded machine), its graph
@@ -40,234 +48,85 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from yoga_common.errors import UsageError
 from yoga_common.files import atomic_write, staged_folder
 
+from .inference import RESULT_FILES, PhotoError, load_photo, training_data
+from .int8 import quantize_with_sensitivity
+from .onnx_graph import (
+    DEFAULT_OPSET,
+    DYNAMO_OPSET,
+    EXPORTABLE_ATTENTION,
+    EXPORTERS,
+    ExportableClassifier,
+    compare,
+    export_graph,
+    labels_document,
+    load_checkpoint,
+    require_onnx,
+    run_both,
+)
+from .onnx_runtime import INT8_FILE, LABELS_FILE, MODEL_FILE, RESULTS_FILE, ort_session
+
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "pixel_values"
-MODEL_FILE = "model.onnx"
-INT8_FILE = "model_int8.onnx"
-LABELS_FILE = "labels.json"
-RESULTS_FILE = "export_results.json"
-DEFAULT_OPSET = 17
-DYNAMO_OPSET = 18  # what torch's dynamo exporter writes natively
-EXPORTABLE_ATTENTION = ("eager", "sdpa")
-EXPORTERS = ("torchscript", "dynamo")
-CLASSIFIERS = ("ViTYogaForImageClassification", "ViTYogaForHierarchicalClassification")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-SYNTHETIC = "synthetic"  # --check_images word for the synthetic poses' test split (--calibration_images: train)
+SYNTHETIC = "synthetic"  # the built-in synthetic poses: their test split (checks), validation split (calibration)
+DATASET_CHECK_LIMIT = 1000  # images of a recorded test split the checks take by default, spread over the split
 CALIBRATION_LIMIT = 512  # calibration images for the int8 layer choice
-RANKING_IMAGES = 128  # of which the per-layer damage ranking uses the first
-ATTENTION_PREFIX = "attentions_"  # --attention_maps: one output per layer, attentions_0 first
-# What a train.py run reports about its accuracy, looked for in this order (as the demo does).
-RESULT_FILES = ("test_results.json", "all_results.json", "eval_results.json")
-
-
-def require_onnx() -> None:
-    """Raise a UsageError naming the install when onnx or onnxruntime is missing."""
-    missing = []
-    for name in ("onnx", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise UsageError(f"exporting needs {' and '.join(missing)}: pip install -e '.[onnx]' (or pip install onnx "
-                         "onnxruntime).")
+PREPARE_CHUNK = 64  # photos decoded and prepared at a time (a data set split is not held decoded in memory)
+EXIT_INT8_SHORT = 1  # the command's status when int8 fell short of --int8_min_agreement (fp32 written)
+USAGE_EXIT = 2
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The model and what it outputs
+# Where the photos come from
 # --------------------------------------------------------------------------------------------------------------
-def load_checkpoint(model: str, attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
-    """The checkpoint's model (its own code, ``trust_remote_code``) in eval mode, and its image processor."""
-    from transformers import AutoConfig, AutoImageProcessor
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+@dataclass(frozen=True)
+class DatasetSplit:
+    """A split of the data set the checkpoint's run recorded, named ``<data set>[<split>]``."""
 
-    if attn_implementation is not None and attn_implementation not in EXPORTABLE_ATTENTION:
-        raise UsageError(
-            f"--attn_implementation {attn_implementation}: ONNX has no such kernel (flash attention and flex "
-            f"attention are GPU/compiler kernels); export with one of {list(EXPORTABLE_ATTENTION)}: the same weights "
-            "give the same outputs."
-        )
-    try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=True)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--model {model}: {error}") from None
-    if getattr(config, "model_type", None) != "vit_yoga":
-        raise UsageError(
-            f"--model {model} is a {getattr(config, 'model_type', None)!r} model, not a ViTYoga checkpoint; export "
-            "transformers' own models with optimum (`optimum-cli export onnx --model ...`)."
-        )
-    try:
-        processor = AutoImageProcessor.from_pretrained(model)
-    except (OSError, ValueError):
-        raise UsageError(
-            f"--model {model} has no preprocessor_config.json: without it nobody knows how to prepare an image for "
-            "the exported model; save the image processor into the folder (train.py and the converter do)."
-        ) from None
-    architecture = (config.architectures or [""])[0]
-    if architecture not in CLASSIFIERS:
-        raise UsageError(f"--model {model} is a {architecture or 'headless'} checkpoint; only the classifiers "
-                         f"{list(CLASSIFIERS)} export (train or fine-tune a head first).")
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    try:
-        # The class config.json names, from the checkpoint's code. Not AutoModelForImageClassification: once it has
-        # loaded one checkpoint, it maps that code's config class to that model class for the rest of the process,
-        # so a joint checkpoint loaded after a one-head one of the same code came back with one head.
-        model_class = get_class_from_dynamic_module(f"modeling_vit_yoga.{architecture}", str(model))
-        loaded = model_class.from_pretrained(model, **kwargs)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--model {model}: {error}") from None
-    implementation = loaded.config._attn_implementation or "sdpa"
-    if implementation not in EXPORTABLE_ATTENTION:
-        raise UsageError(
-            f"--model {model} loads with attn_implementation={implementation!r}, which ONNX cannot express; pass "
-            f"--attn_implementation sdpa (or eager)."
-        )
-    return loaded.eval(), processor
+    name: str
+    rows: Any = field(compare=False)  # a datasets.Dataset
+    image_column: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def photos(self, limit: int | None) -> Iterator[Any]:
+        """At most ``limit`` photos, spread evenly over the split (a split is often ordered by class)."""
+        count = len(self.rows) if limit is None else min(limit, len(self.rows))
+        for index in np.linspace(0, len(self.rows) - 1, num=count).round().astype(int).tolist():
+            try:
+                yield load_photo(self.rows[index][self.image_column])
+            except (PhotoError, OSError) as error:  # a damaged file in the data set: skip it, say which
+                logger.warning("skipping row %d of %s: %s", index, self.name, error)
 
 
-def _model_module(model: nn.Module) -> Any:
-    return sys.modules[type(model).__module__]
+Source = Path | str | DatasetSplit  # a folder of photos, SYNTHETIC, or a recorded split
 
 
-def hierarchy_functions(model: nn.Module) -> tuple[Any, Any, Any] | None:
-    """``(predicted_levels, tree_probabilities, config)`` from the checkpoint's own model code, else from this
-    repository's with the checkpoint's config read into this repository's config class (a checkpoint written before
-    the hierarchy decoding existed has the same label fields, and the new ones' defaults); None when neither has
-    them."""
-    functions = [getattr(_model_module(model), name, None) for name in ("predicted_levels", "tree_probabilities")]
-    if None not in functions:
-        return functions[0], functions[1], model.config
-    import modeling_vit_yoga
-    from configuration_vit_yoga import ViTYogaConfig
-
-    functions = [getattr(modeling_vit_yoga, name, None) for name in ("predicted_levels", "tree_probabilities")]
-    if None in functions:
-        return None
-    return functions[0], functions[1], ViTYogaConfig.from_dict(model.config.to_dict())
-
-
-def is_joint(model: nn.Module) -> bool:
-    """A model with a head per level (ViTYogaForHierarchicalClassification)."""
-    return hasattr(model, "classifiers")
-
-
-@dataclass
-class OutputSpec:
-    """What the exported graph returns, in order: each output's name, the level it covers, and its kind."""
-
-    names: list[str] = field(default_factory=list)
-    levels: list[str] = field(default_factory=list)  # "" for an attention map (it covers no level)
-    kinds: list[str] = field(default_factory=list)  # "logits", "probabilities" or "attentions"
-
-    def add(self, name: str, level: str, kind: str) -> None:
-        self.names.append(name)
-        self.levels.append(level)
-        self.kinds.append(kind)
-
-
-def logits_level(config: Any) -> str:
-    """The level the ``logits`` output covers: the finest for a joint model, ``label_level`` for a one-head model."""
-    if config.hierarchy_levels and not config.label_level:
-        return config.hierarchy_levels[-1]
-    return config.label_level or "label"
-
-
-class ExportableClassifier(nn.Module):
-    """The classifier as a function of ``pixel_values`` alone returning a flat tuple of tensors: what an ONNX
-    graph's named outputs are (ModelOutput dataclasses and keyword switches do not survive tracing).
-    ``attention_maps``: also every layer's attention weights, last in the outputs (the model must run eager
-    attention: sdpa returns no weights)."""
-
-    def __init__(self, model: nn.Module, attention_maps: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.attention_maps = attention_maps
-        config = model.config
-        self.joint = is_joint(model)
-        self.spec = OutputSpec()
-        self.spec.add("logits", logits_level(config), "logits")
-        if self.joint:
-            for level in config.hierarchy_levels:
-                self.spec.add(f"logits_{level}", level, "logits")
-        functions = hierarchy_functions(model)
-        self.tree_probabilities = None
-        if functions is not None:
-            predicted_levels, self.tree_probabilities, self.decoding_config = functions
-            for level in predicted_levels(self.decoding_config):
-                self.spec.add(f"probabilities_{level}", level, "probabilities")
-        if attention_maps:
-            for layer in range(config.num_hidden_layers):
-                self.spec.add(f"{ATTENTION_PREFIX}{layer}", "", "attentions")
-
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        output = self.model(pixel_values=pixel_values, return_dict=True, output_attentions=self.attention_maps)
-        outputs = [output.logits]
-        level_logits = tuple(output.level_logits) if self.joint else None
-        if self.joint:
-            outputs += list(level_logits)
-        if self.tree_probabilities is not None:
-            scores = level_logits if self.joint else output.logits
-            outputs += list(self.tree_probabilities(self.decoding_config, scores))
-        if self.attention_maps:
-            outputs += list(output.attentions)
-        return tuple(outputs)
-
-
-def export_graph(
-    wrapper: ExportableClassifier, path: Path, example: torch.Tensor, opset: int, exporter: str
-) -> None:
-    """``torch.onnx.export`` with a dynamic batch axis on the input and every output."""
-    names = wrapper.spec.names
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # The TorchScript exporter warns that it is deprecated and about tracing constants (the image size,
-            # which the graph fixes on purpose); neither is for the user to act on.
-            warnings.simplefilter("ignore")
-            if exporter == "dynamo":
-                batch = torch.export.Dim("batch", min=1, max=4096)
-                torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=names,
-                                  opset_version=opset, dynamo=True, dynamic_shapes={"pixel_values": {0: batch}},
-                                  external_data=False, verbose=False)
-            else:
-                axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]}
-                torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=names,
-                                  opset_version=opset, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
-    except Exception as error:  # the exporters raise many types; the user needs the reason and a way out
-        raise UsageError(
-            f"torch.onnx.export ({exporter}, opset {opset}) cannot export this model: {type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0][:400]}. Try --attn_implementation eager, another --opset, or "
-            f"--exporter {'torchscript' if exporter == 'dynamo' else 'dynamo'}."
-        ) from error
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The images the checks run on
-# --------------------------------------------------------------------------------------------------------------
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def check_folders(folders: Sequence[str | Path] | None, option: str = "--check_images") -> list[Path | str]:
-    """The ``--check_images`` sources, each folder checked to hold images (before any long work); the word
-    ``synthetic`` stands for the synthetic poses' test split. None or empty: the synthetic test split alone."""
+def check_folders(folders: Sequence[str | Path], option: str = "--check_images") -> list[Path | str]:
+    """The sources the user named, each folder checked to hold images (before any long work); the word
+    ``synthetic`` stands for the synthetic poses."""
     result: list[Path | str] = []
-    for folder in folders or [SYNTHETIC]:
+    for folder in folders:
         if str(folder) == SYNTHETIC:
             result.append(SYNTHETIC)
             continue
@@ -281,17 +140,68 @@ def check_folders(folders: Sequence[str | Path] | None, option: str = "--check_i
     return result
 
 
-def synthetic_test_images() -> list[Any]:
+def recorded_sources(model: str | Path, wanted: Sequence[str]) -> dict[str, Source]:
+    """The ``wanted`` splits ("test": the checks', "validation": the calibration's) of the data set the run that
+    wrote ``model`` recorded: ``SYNTHETIC`` for the built-in synthetic poses, else loaded. Raises a UsageError naming
+    the flags to pass instead when the run recorded none, or it cannot be loaded (a local data set moved away, a Hub
+    data set while offline)."""
+    import datasets
+
+    from .data import DATA_RECORD_KEY, find_image_column, load_recorded_dataset, read_data_record, recorded_source
+
+    flags = " and ".join({"test": "--check_images DIR", "validation": "--calibration_images DIR"}[s] for s in wanted)
+    instead = (f"pass {flags} (folders of photos like those the model will classify; 'synthetic': the built-in "
+               "synthetic poses)")
+    record = read_data_record(model) if Path(model).is_dir() else None
+    if record is None:
+        where = "is not a local folder" if not Path(model).is_dir() else (
+            f"records no data set (train.py writes {DATA_RECORD_KEY!r} into all_results.json; this checkpoint was "
+            "written by another program or an older train.py)")
+        raise UsageError(f"--model {model} {where}, so the photos to check the export on are unknown; {instead}.")
+    source = recorded_source(record)
+    if source.synthetic:
+        return {split: SYNTHETIC for split in wanted}
+    local = [value for value in (source.train_dir, source.validation_dir, source.test_dir, source.dataset_name)
+             if value and os.path.isabs(value)]
+    location = source.train_dir or source.dataset_name
+    trained_on = f"--model {model}'s run was trained on"
+    gone = [value for value in local if not Path(value).exists()]
+    if gone:
+        raise UsageError(f"{trained_on} {gone[0]}, which is not there any more; {instead}.")
+    offline = getattr(datasets.config, "HF_HUB_OFFLINE", False) or any(
+        os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in ("HF_HUB_OFFLINE",
+                                                                                 "HF_DATASETS_OFFLINE"))
+    if not local and offline:
+        raise UsageError(f"{trained_on} the Hub data set {location}, which cannot be loaded offline; {instead}.")
+    try:
+        dataset = load_recorded_dataset(record)
+        column = find_image_column(dataset["train"].features, source.image_column)
+    except Exception as error:  # datasets raises many types (missing files, no network, a changed data set)
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        raise UsageError(f"{trained_on} {location}, which cannot be loaded ({type(error).__name__}: {reason}); "
+                         f"{instead}.") from None
+    missing = [split for split in wanted if split not in dataset or not len(dataset[split])]
+    if missing:
+        raise UsageError(f"{trained_on} {location}, which has no {missing[0]} split; {instead}.")
+    names = {split: f"{location}[{split}]" for split in wanted}
+    if source.train_dir:  # image folders: the test split is --test_dir, validation --validation_dir or held out
+        names.update({split: folder for split, folder in (("test", source.test_dir),
+                                                          ("validation", source.validation_dir)) if folder})
+    return {split: DatasetSplit(names[split], dataset[split], column) for split in wanted}
+
+
+def synthetic_test_images(limit: int | None = None) -> list[Any]:
     """The test split of the built-in synthetic poses (the data set train.py makes when given none: 40 per pose,
-    64 px, seed 0, whose test split is each pose's first 8 images), drawn offline: 656 photos. Each image depends only
-    on (seed, pose, index), so drawing 8 per pose with no held-out splits gives exactly those images, 5x faster than
-    drawing all 40."""
-    from transformers.image_utils import load_image
-
+    64 px, seed 0, whose test split is each pose's first 8 images), drawn offline: 656 photos, pose by pose (the first
+    ``limit``). Each image depends only on (seed, pose, index), so drawing 8 per pose with no held-out splits gives
+    exactly those images, 5x faster than drawing all 40."""
     from yoga82 import build_synthetic
+    from yoga82.synthetic import LABEL_82_NAMES
 
-    drawn = build_synthetic(images_per_class=8, validation_fraction=0.0, test_fraction=0.0, progress=False)
-    return [load_image(row["image"]) for row in drawn["train"]]
+    poses = range(len(LABEL_82_NAMES) if limit is None else min(len(LABEL_82_NAMES), math.ceil(limit / 8)))
+    drawn = build_synthetic(images_per_class=8, validation_fraction=0.0, test_fraction=0.0, progress=False,
+                            labels=poses)
+    return [load_photo(row["image"]) for row in drawn["train"]][:limit]
 
 
 def synthetic_calibration_images(limit: int = CALIBRATION_LIMIT) -> list[Any]:
@@ -311,85 +221,40 @@ def synthetic_calibration_images(limit: int = CALIBRATION_LIMIT) -> list[Any]:
     return images
 
 
-def load_photos(folder: Path, limit: int | None = None) -> list[Any]:
+def load_photos(folder: Path, limit: int | None = None, option: str = "--check_images") -> list[Any]:
     """The photos of ``folder`` as the image-classification pipeline loads them (EXIF orientation, RGB)."""
-    from transformers.image_utils import load_image
-
     files = image_files(folder)[:limit]
     photos = []
     for path in files:
         try:
-            photos.append(load_image(str(path)))
-        except Exception as error:  # PIL raises several types for a bad file; skip it, say which
+            photos.append(load_photo(path))
+        except PhotoError as error:
             logger.warning("skipping %s: %s", path, error)
     if not photos:
-        raise UsageError(f"--check_images {folder}: none of its {len(files)} images could be read.")
+        raise UsageError(f"{option} {folder}: none of its {len(files)} images could be read.")
     return photos
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The checks
-# --------------------------------------------------------------------------------------------------------------
-def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def photos_of(source: Source, limit: int | None, calibration: bool = False) -> Iterable[Any]:
+    """The photos of a source: a check's (the test split) or, with ``calibration``, the int8 choice's."""
+    if source == SYNTHETIC:
+        return synthetic_calibration_images(limit) if calibration else synthetic_test_images(limit)
+    if isinstance(source, DatasetSplit):
+        return source.photos(limit or (None if calibration else DATASET_CHECK_LIMIT))
+    return load_photos(Path(source), limit, "--calibration_images" if calibration else "--check_images")
 
 
-def run_both(
-    wrapper: ExportableClassifier, sessions: dict[str, Any], pixel_values: torch.Tensor, batch_size: int = 32
-) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
-    """Every output of PyTorch and of each ONNX session on ``pixel_values``, batch by batch (so the dynamic batch
-    axis is exercised with a full and, usually, a partial batch)."""
-    torch_parts: list[list[np.ndarray]] = []
-    ort_parts: dict[str, list[list[np.ndarray]]] = {name: [] for name in sessions}
-    with torch.no_grad():
-        for start in range(0, len(pixel_values), batch_size):
-            batch = pixel_values[start:start + batch_size]
-            torch_parts.append([t.float().numpy() for t in wrapper(batch)])
-            for name, session in sessions.items():
-                ort_parts[name].append(session.run(wrapper.spec.names, {INPUT_NAME: batch.numpy()}))
-    join = lambda parts: [np.concatenate(column) for column in zip(*parts, strict=True)]
-    return join(torch_parts), {name: join(parts) for name, parts in ort_parts.items()}
-
-
-def compare(spec: OutputSpec, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, Any]:
-    """Max |difference| per output, and top-1 agreement per logits output (a share of the images)."""
-    result: dict[str, Any] = {"max_abs_difference": {}, "top1_agreement": {}}
-    for name, kind, ref, got in zip(spec.names, spec.kinds, reference, candidate, strict=True):
-        result["max_abs_difference"][name] = float(np.abs(ref - got).max())
-        if kind == "logits":
-            result["top1_agreement"][name] = float((ref.argmax(-1) == got.argmax(-1)).mean())
-    return result
-
-
-def preprocess(processor: Any, photos: Sequence[Any]) -> torch.Tensor:
-    return processor(images=list(photos), return_tensors="pt")["pixel_values"]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The export
-# --------------------------------------------------------------------------------------------------------------
-def labels_document(config: Any, spec: OutputSpec) -> dict[str, Any]:
-    """What ``labels.json`` holds: the levels (coarsest first), each level's class names, each level's parent ids in
-    the level above, which output covers which level, and which outputs are attention maps (``attentions_<i>``, one
-    per layer, first layer first; empty without ``--attention_maps``), for programs that read no config.json."""
-    if config.hierarchy_levels:
-        levels = list(config.hierarchy_levels)
-        names = {level: list(n) for level, n in zip(levels, config.hierarchy_class_names, strict=True)}
-        parents = {level: list(p) for level, p in zip(levels[1:], config.hierarchy_parents, strict=True)}
-    else:
-        level = logits_level(config)
-        levels, parents = [level], {}
-        names = {level: [config.id2label[i] for i in range(config.num_labels)]}
-    return {"levels": levels, "names": names, "parents": parents,
-            "outputs": {name: level for name, level, kind in zip(spec.names, spec.levels, spec.kinds, strict=True)
-                        if kind != "attentions"},
-            "attention_maps": [name for name, kind in zip(spec.names, spec.kinds, strict=True) if kind == "attentions"],
-            "input": INPUT_NAME}
+def preprocess(processor: Any, photos: Iterable[Any]) -> torch.Tensor:
+    """``pixel_values`` of the photos as the image processor prepares them, a chunk of photos at a time."""
+    chunks, chunk = [], []
+    for photo in photos:
+        chunk.append(photo)
+        if len(chunk) == PREPARE_CHUNK:
+            chunks.append(processor(images=chunk, return_tensors="pt")["pixel_values"])
+            chunk = []
+    if chunk:
+        chunks.append(processor(images=chunk, return_tensors="pt")["pixel_values"])
+    return torch.cat(chunks)
 
 
 def reported_results(model: str | Path) -> dict[str, Any] | None:
@@ -405,6 +270,9 @@ def reported_results(model: str | Path) -> dict[str, Any] | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------------------------
+# The export
+# --------------------------------------------------------------------------------------------------------------
 def export_onnx(
     model: str | Path,
     output_dir: str | Path,
@@ -417,21 +285,23 @@ def export_onnx(
     exporter: str = "torchscript",
     tolerance: float = 1e-4,
     int8_min_agreement: float = 0.99,
-    calibration_images: str | Path = SYNTHETIC,
+    calibration_images: str | Path | None = None,
     calibration_limit: int = CALIBRATION_LIMIT,
     overwrite: bool = False,
     attention_maps: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` (a ViTYoga folder or Hub id) to ``output_dir`` after checking the graphs against PyTorch.
 
-    ``check_images``: folders of photos, or ``"synthetic"`` (the synthetic poses' test split: the default);
-    ``check_limit`` caps the
-    photos taken from each. With ``quantize="dynamic"``, ``calibration_images`` (a folder, or ``"synthetic"``: the
-    synthetic poses' validation split) are where the layers kept in fp32 are chosen (``quantize_with_sensitivity``),
-    at most ``calibration_limit`` of them. ``attention_maps``: also output every layer's attention weights (eager
-    attention; int8 keeps them too, computed by the quantised network). Returns what ``export_results.json`` holds.
-    Raises ``UsageError`` for bad arguments (before loading anything), a model that cannot export, or a failed check
-    (nothing written then).
+    ``check_images``: folders of photos, or ``"synthetic"`` (the synthetic poses' test split); default: the test
+    split of the data set the checkpoint's run recorded. ``check_limit`` caps the photos taken from each. With
+    ``quantize="dynamic"``, ``calibration_images`` (a folder, or ``"synthetic"``; default: the recorded data set's
+    validation split) are where the layers kept in fp32 are chosen, at most ``calibration_limit`` of them.
+    ``attention_maps``: also output every layer's attention weights (eager attention; int8 keeps them too).
+
+    Returns what ``export_results.json`` holds. Raises ``UsageError`` for bad arguments or photos that cannot be
+    found (before loading anything), a model that cannot export, or an fp32 graph that fails its check (nothing
+    written then). An int8 graph that falls short of ``int8_min_agreement`` is not written, the rest is:
+    ``results["int8"]["written"]`` is False and ``int8_shortfall_message(results)`` says what was measured.
     """
     require_onnx()
     output_dir = Path(output_dir)
@@ -446,6 +316,8 @@ def export_onnx(
                          "its conversion down to 17 gave an invalid graph here (ReduceLogSumExp); use --opset 18+.")
     if not 17 <= opset <= 23:
         raise UsageError(f"--opset {opset}: give 17 to 23 (17 has LayerNormalization; ONNX Runtime 1.18+ runs all).")
+    if not 0 <= int8_min_agreement <= 1:
+        raise UsageError(f"--int8_min_agreement {int8_min_agreement}: give a share from 0 to 1 (default 0.99).")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise UsageError(f"--output_dir {output_dir} exists and is not empty; pass --overwrite or pick another folder.")
     if attention_maps:
@@ -453,14 +325,24 @@ def export_onnx(
             raise UsageError(f"--attention_maps --attn_implementation {attn_implementation}: only eager attention "
                              "returns its weights; drop --attn_implementation (eager is then used) or pass eager.")
         attn_implementation = "eager"
-    folders = check_folders(check_images)
-    if quantize == "dynamic":
-        if calibration_limit < 1:
-            raise UsageError(f"--calibration_limit {calibration_limit}: give at least 1 (default {CALIBRATION_LIMIT}).")
-        calibration_source = check_folders([calibration_images], "--calibration_images")[0]
-        if calibration_source in folders and calibration_source != SYNTHETIC:
-            logger.warning("--calibration_images %s is also a --check_images folder: the int8 check then runs on "
-                           "the images its layers were chosen on and overstates the agreement.", calibration_source)
+    if check_limit is not None and check_limit < 1:
+        raise UsageError(f"--check_limit {check_limit}: give at least 1 (default: every photo of a folder).")
+    if quantize and calibration_limit < 1:
+        raise UsageError(f"--calibration_limit {calibration_limit}: give at least 1 (default {CALIBRATION_LIMIT}).")
+    checks: list[Source] = check_folders(check_images) if check_images else []
+    calibration: Source | None = None
+    if quantize and calibration_images is not None:
+        calibration = check_folders([calibration_images], "--calibration_images")[0]
+    wanted = [] if checks else ["test"]  # the splits of the run's data set the defaults take
+    if quantize and calibration is None:
+        wanted.append("validation")
+    if wanted:
+        recorded = recorded_sources(model, wanted)
+        checks = checks or [recorded["test"]]
+        calibration = calibration if calibration is not None else recorded.get("validation")
+    if calibration is not None and calibration != SYNTHETIC and calibration in checks:
+        logger.warning("--calibration_images %s is also a --check_images folder: the int8 check then runs on the "
+                       "images its layers were chosen on and overstates the agreement.", calibration)
     if exporter == "dynamo":
         try:
             import onnxscript  # noqa: F401
@@ -470,69 +352,46 @@ def export_onnx(
     wrapped, processor = load_checkpoint(str(model), attn_implementation)
     wrapper = ExportableClassifier(wrapped, attention_maps=attention_maps).eval()
     config = wrapped.config
-    sources = {
-        str(folder): synthetic_test_images()[:check_limit] if folder == SYNTHETIC else load_photos(folder, check_limit)
-        for folder in folders
-    }
-    pixels = {name: preprocess(processor, photos) for name, photos in sources.items()}
+    pixels = {str(source): preprocess(processor, photos_of(source, check_limit)) for source in checks}
+    import onnxruntime
 
     results: dict[str, Any] = {
         "model": str(model), "exporter": exporter, "opset": opset,
         "attn_implementation": config._attn_implementation or "sdpa",
-        "patch_embedding_type": getattr(config, "patch_embedding_type", "standard"),
+        "patch_embedding_type": config.patch_embedding_type,
         "outputs": wrapper.spec.names, "tolerance": tolerance, "checks": {},
         "parameters": sum(p.numel() for p in wrapped.parameters()),
+        "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
     }
-    reported = reported_results(model)
-    if reported:
+    all_results = Path(model) / "all_results.json"
+    if all_results.is_file() and (data := training_data(json.loads(all_results.read_text()))):
+        results["training_data"] = data  # for a program serving the export ("Trained on: ...")
+    if reported := reported_results(model):
         results["reported_results"] = reported
-    import onnxruntime
-
-    results["onnxruntime"] = onnxruntime.__version__
-    results["torch"] = torch.__version__
     with staged_folder(output_dir, overwrite=overwrite) as staging:
-        fp32_path = staging / MODEL_FILE
+        fp32_path, int8_path = staging / MODEL_FILE, staging / INT8_FILE
         started = time.perf_counter()
         export_graph(wrapper, fp32_path, next(iter(pixels.values()))[:2], opset, exporter)
         results["export_seconds"] = round(time.perf_counter() - started, 2)
         sessions = {"fp32": ort_session(fp32_path)}
         if quantize == "dynamic":
-            calibration = (synthetic_calibration_images(calibration_limit) if calibration_source == SYNTHETIC
-                           else load_photos(Path(calibration_source), calibration_limit))
-            results["int8"] = quantize_with_sensitivity(
-                fp32_path, staging / INT8_FILE, wrapper.spec, preprocess(processor, calibration).numpy(),
-                int8_min_agreement)
-            results["int8"]["calibration_source"] = str(calibration_source)
-            sessions["int8"] = ort_session(staging / INT8_FILE)
-        failures = []
-        for source, pixel_values in pixels.items():
-            reference, candidates = run_both(wrapper, sessions, pixel_values)
-            checks = {"images": len(pixel_values)}
-            for precision, outputs in candidates.items():
-                checks[precision] = compare(wrapper.spec, reference, outputs)
-            results["checks"][source] = checks
-            fp32 = checks["fp32"]
-            worst = max(fp32["max_abs_difference"].items(), key=lambda item: item[1])
-            if worst[1] > tolerance:
-                failures.append(f"{source}: ONNX Runtime fp32 output {worst[0]!r} differs from PyTorch by "
-                                f"{worst[1]:.3g} > {tolerance:g}")
-            disagreeing = {name: share for name, share in fp32["top1_agreement"].items() if share < 1.0}
-            if disagreeing:
-                failures.append(f"{source}: fp32 top-1 differs from PyTorch on some images ({disagreeing})")
-            if "int8" in checks:
-                agreement = min(checks["int8"]["top1_agreement"].values())
-                if agreement < int8_min_agreement:
-                    failures.append(f"{source}: int8 top-1 agrees with PyTorch on {agreement:.1%} of "
-                                    f"{len(pixel_values)} images < {int8_min_agreement:.0%} with "
-                                    f"{len(results['int8']['fp32_layers'])} of {results['int8']['layers']} layers "
-                                    "kept fp32 (near-tied logits flip in int8; choose the layers on photos like "
-                                    "these with --calibration_images, or lower --int8_min_agreement to export it "
-                                    "anyway)")
+            calibration_pixels = preprocess(processor, photos_of(calibration, calibration_limit, calibration=True))
+            results["int8"] = quantize_with_sensitivity(fp32_path, int8_path, wrapper.spec,
+                                                        calibration_pixels.numpy(), int8_min_agreement)
+            results["int8"].update(calibration_source=str(calibration), min_agreement=int8_min_agreement)
+            sessions["int8"] = ort_session(int8_path)
+        failures, shortfalls = check_against_pytorch(wrapper, sessions, pixels, results, tolerance,
+                                                     int8_min_agreement)
         if failures:
             raise UsageError("the exported model does not match PyTorch; nothing was written. " + "; ".join(failures))
-        for name, path in (("fp32", fp32_path), ("int8", staging / INT8_FILE)):
-            if path.exists():
-                results.setdefault("megabytes", {})[name] = round(path.stat().st_size / 2**20, 3)
+        if "int8" in results:
+            results["int8"]["written"] = not shortfalls
+            if shortfalls:  # fp32 matched PyTorch: it is written; int8 is not
+                sessions.pop("int8")
+                int8_path.unlink()
+                results["int8"]["shortfalls"] = shortfalls
+        results["megabytes"] = {name: round(path.stat().st_size / 2**20, 3)
+                                for name, path in (("fp32", fp32_path), ("int8", int8_path)) if path.exists()}
         config.save_pretrained(staging)
         processor.save_pretrained(staging)
         atomic_write(staging / LABELS_FILE, json.dumps(labels_document(config, wrapper.spec), indent=2) + "\n")
@@ -540,124 +399,46 @@ def export_onnx(
     return results
 
 
-def decoding_nodes(graph: Any) -> list[str]:
-    """The MatMul/Gemm nodes of ``tree_probabilities``: products with a 0/1 child -> parent matrix, which sum
-    children's probabilities into their parents'. Exact in fp32, they are bookkeeping, not learned weights, and
-    never get quantised."""
-    from onnx import numpy_helper
-
-    constants = {tensor.name: tensor for tensor in graph.initializer}
-    constants |= {node.output[0]: attribute.t for node in graph.node if node.op_type == "Constant"
-                  for attribute in node.attribute if attribute.name == "value"}
-
-    def is_parent_matrix(name: str) -> bool:
-        return name in constants and bool(np.isin(numpy_helper.to_array(constants[name]), (0, 1)).all())
-
-    return [node.name for node in graph.node
-            if node.op_type in ("MatMul", "Gemm") and any(map(is_parent_matrix, node.input))]
-
-
-def weight_nodes(graph: Any) -> list[str]:
-    """The network's MatMul/Gemm nodes with a constant weight (what dynamic quantisation turns into int8), in
-    graph order, without the tree decoding's products."""
-    constants = {tensor.name for tensor in graph.initializer}
-    constants |= {node.output[0] for node in graph.node if node.op_type == "Constant"}
-    decoding = set(decoding_nodes(graph))
-    return [node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")
-            and node.name not in decoding and any(name in constants for name in node.input)]
-
-
-def quantize_dynamic_int8(source: Path, target: Path, nodes: Sequence[str] | None = None) -> None:
-    """ONNX Runtime's dynamic quantisation of ``nodes`` (default: every weight MatMul/Gemm, nearly all of a ViT's
-    FLOPs): int8 weights, activations quantised per batch at run time. Convolutions stay fp32 (ConvInteger has no
-    fast CPU kernel and the patch embedding is a small share of the time), and so do the tree decoding's products
-    (``decoding_nodes``)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    if nodes is None:
-        nodes = weight_nodes(onnx.load(str(source)).graph)
-    root = logging.getLogger()
-    level = root.level
-    # The quantiser warns on the root logger, at every call, that the model could be pre-processed (shape
-    # inference; it changes nothing for a graph whose MatMul shapes torch's exporter already wrote).
-    root.setLevel(logging.ERROR)
-    try:
-        # The quantiser turns a Gemm into a MatMul named ``<name>_MatMul`` (and an Add) before it quantises.
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"],
-                         nodes_to_quantize=[*nodes, *(f"{name}_MatMul" for name in nodes)])
-    finally:
-        root.setLevel(level)
+def check_against_pytorch(
+    wrapper: ExportableClassifier, sessions: dict[str, Any], pixels: dict[str, torch.Tensor], results: dict[str, Any],
+    tolerance: float, int8_min_agreement: float,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each session against PyTorch on every source's pixels, recorded in ``results["checks"]``. Returns the fp32
+    failures (what makes the export wrong) and, per source where int8 agrees too rarely, what it measured."""
+    failures, shortfalls = [], []
+    for source, pixel_values in pixels.items():
+        reference, candidates = run_both(wrapper, sessions, pixel_values)
+        checks: dict[str, Any] = {"images": len(pixel_values)}
+        for precision, outputs in candidates.items():
+            checks[precision] = compare(wrapper.spec, reference, outputs)
+        results["checks"][source] = checks
+        fp32 = checks["fp32"]
+        worst = max(fp32["max_abs_difference"].items(), key=lambda item: item[1])
+        if worst[1] > tolerance:
+            failures.append(f"{source}: ONNX Runtime fp32 output {worst[0]!r} differs from PyTorch by "
+                            f"{worst[1]:.3g} > {tolerance:g}")
+        disagreeing = {name: share for name, share in fp32["top1_agreement"].items() if share < 1.0}
+        if disagreeing:
+            failures.append(f"{source}: fp32 top-1 differs from PyTorch on some images ({disagreeing})")
+        if "int8" in checks and (agreement := min(checks["int8"]["top1_agreement"].values())) < int8_min_agreement:
+            shortfalls.append({"source": source, "images": len(pixel_values), "agreement": agreement})
+    return failures, shortfalls
 
 
-def logits_outputs(session: Any, spec: OutputSpec, pixel_values: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
-    """Every ``logits`` output of ``session`` on ``pixel_values``, in ``spec``'s order."""
-    names = [name for name, kind in zip(spec.names, spec.kinds, strict=True) if kind == "logits"]
-    parts = [session.run(names, {INPUT_NAME: pixel_values[start:start + batch_size]})
-             for start in range(0, len(pixel_values), batch_size)]
-    return [np.concatenate(column) for column in zip(*parts, strict=True)]
-
-
-def top1_agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
-    """The smallest share, over the logits outputs, of images whose top-1 the candidate keeps."""
-    return min(float((ref.argmax(-1) == got.argmax(-1)).mean()) for ref, got in zip(reference, candidate, strict=True))
-
-
-def quantize_with_sensitivity(
-    source: Path, target: Path, spec: OutputSpec, pixel_values: np.ndarray, min_agreement: float,
-    max_fp32_share: float = 0.5,
-) -> dict[str, Any]:
-    """Dynamic int8 with the layers whose quantisation changes the answers most left in fp32 (mixed precision).
-
-    ONNX Runtime's quantiser quantises what it is told to; choosing what not to quantise is the one part done here.
-    The agreement aimed at is halfway between ``min_agreement`` and 100 % (99.5 % for 99 %): the checks run on other
-    images, whose share varies by about that much. On the calibration images (``pixel_values``, never the images the
-    checks then run on): quantise every weight layer; if the int8 top-1 agrees with fp32 on less than the aim, rank
-    the layers by the mean squared change of the logits when each alone is quantised, and keep the worst in fp32 one
-    at a time until the aim is reached or ``max_fp32_share`` of the layers are fp32. Returns what was chosen and
-    measured.
-
-    Why (README, Deploy): on the 30-epoch out-of-the-box vit-pico, 8-bit weights alone (no activation quantisation)
-    move the logits by 0.01-0.05 while 3 % of real photos have their two best classes closer than 0.05, so every
-    all-int8 scheme tried (dynamic, static QDQ with MinMax/percentile/entropy calibration, per-channel, weight-only
-    8-bit blocks) flipped 1-3 % of the top-1s; the first block is the most sensitive.
-    """
-    import onnx
-    from tqdm.auto import tqdm
-
-    nodes = weight_nodes(onnx.load(str(source)).graph)
-    reference = logits_outputs(ort_session(source), spec, pixel_values)
-
-    def agreement(path: Path) -> float:
-        return top1_agreement(reference, logits_outputs(ort_session(path), spec, pixel_values))
-
-    quantize_dynamic_int8(source, target, nodes)
-    first = agreement(target)
-    aim = 1 - (1 - min_agreement) / 2
-    result: dict[str, Any] = {"calibration_images": len(pixel_values), "layers": len(nodes), "fp32_layers": [],
-                              "calibration_aim": aim, "calibration_agreement_all_int8": first,
-                              "calibration_agreement": first}
-    if first >= aim:
-        return result
-    damage = {}
-    sample = pixel_values[:RANKING_IMAGES]  # a squared error is steady on fewer images than a share of flips
-    sample_reference = [logits[:RANKING_IMAGES] for logits in reference]
-    for node in tqdm(nodes, desc="Ranking layers by int8 damage", unit="layer", leave=False):
-        quantize_dynamic_int8(source, target, [node])
-        got = logits_outputs(ort_session(target), spec, sample)
-        damage[node] = float(np.mean([((g - r) ** 2).mean() for g, r in zip(got, sample_reference, strict=True)]))
-    ranked = sorted(nodes, key=lambda node: -damage[node])
-    for count in range(1, int(max_fp32_share * len(nodes)) + 1):
-        kept = ranked[:count]
-        quantize_dynamic_int8(source, target, [node for node in nodes if node not in kept])
-        share = agreement(target)
-        result.update(fp32_layers=kept, calibration_agreement=share)
-        logger.info("int8 with %d layer(s) in fp32: %.2f%% top-1 agreement on the calibration images", count,
-                    100 * share)
-        if share >= aim:
-            break
-    return result
+def int8_shortfall_message(results: dict[str, Any]) -> str:
+    """What to tell the user when int8 fell short: what was measured, the usual cause, and the two flags."""
+    int8 = results["int8"]
+    measured = "; ".join(f"agreement {s['agreement']:.1%} of {s['images']} images of {s['source']}"
+                         for s in int8["shortfalls"])
+    lowest = min(s["agreement"] for s in int8["shortfalls"])
+    return (
+        f"int8 was not written: its top-1 agrees with PyTorch's on too few photos ({measured} < "
+        f"{int8['min_agreement']:.0%} required), with {len(int8['fp32_layers'])} of {int8['layers']} layers kept fp32. "
+        "The fp32 model matched PyTorch and was written. The usual cause is the near-tied answers of a weakly trained "
+        "model, not a faulty export: int8 rounding flips the answers whose top two classes are nearly tied. To get "
+        "int8, choose the fp32 layers on photos like yours with --calibration_images DIR, or accept this agreement "
+        f"with --int8_min_agreement {math.floor(lowest * 100) / 100:g}."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -672,19 +453,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=None,
                         help="ONNX opset, 17 to 23 (default 17; 18 with --exporter dynamo)")
     parser.add_argument("--check_images", nargs="+", default=None, metavar="DIR",
-                        help="folders of photos the checks run on; 'synthetic' (the default) is the synthetic "
-                        "poses' test split (drawn offline)")
-    parser.add_argument("--check_limit", type=int, default=None, help="at most this many photos per folder")
+                        help="folders of photos the checks run on, or 'synthetic' (the synthetic poses' test split, "
+                        "drawn offline); default: the test split of the data set the checkpoint's run recorded")
+    parser.add_argument("--check_limit", type=int, default=None,
+                        help=f"at most this many photos per source (default: all of a folder, {DATASET_CHECK_LIMIT} "
+                        "of a recorded test split, spread over it)")
     parser.add_argument("--attn_implementation", choices=EXPORTABLE_ATTENTION, default=None,
                         help="attention to export (default: the checkpoint's)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript",
                         help="torch.onnx.export's TorchScript exporter (default) or dynamo")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest fp32 output difference accepted")
     parser.add_argument("--int8_min_agreement", type=float, default=0.99,
-                        help="smallest share of images whose int8 top-1 must equal PyTorch's")
-    parser.add_argument("--calibration_images", default=SYNTHETIC, metavar="DIR",
-                        help="with --quantize: photos on which the layers kept in fp32 are chosen ('synthetic', the "
-                        "default: the synthetic poses' validation split; best: your own validation photos)")
+                        help="smallest share of images whose int8 top-1 must equal PyTorch's; below it, int8 is not "
+                        "written (the fp32 model is) and the command exits with status 1")
+    parser.add_argument("--calibration_images", default=None, metavar="DIR",
+                        help="with --quantize: photos on which the layers kept in fp32 are chosen, or 'synthetic' "
+                        "(the synthetic poses' validation split); default: the validation split of the data set the "
+                        "checkpoint's run recorded")
     parser.add_argument("--calibration_limit", type=int, default=CALIBRATION_LIMIT,
                         help=f"at most this many calibration photos (default {CALIBRATION_LIMIT})")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
@@ -704,13 +489,16 @@ def summary_lines(results: dict[str, Any]) -> Iterable[str]:
             yield f"    int8 top-1 agreement with PyTorch {min(checks['int8']['top1_agreement'].values()):.1%}"
     if "int8" in results:
         int8 = results["int8"]
-        yield (f"int8: {int8['layers'] - len(int8['fp32_layers'])} of {int8['layers']} layers int8, "
-               f"{len(int8['fp32_layers'])} kept fp32 ({', '.join(int8['fp32_layers']) or 'none'}); chosen on "
-               f"{int8['calibration_images']} calibration images ({int8['calibration_source']}): agreement "
-               f"{int8['calibration_agreement_all_int8']:.1%} all-int8 -> {int8['calibration_agreement']:.1%}")
+        yield (f"int8{'' if int8['written'] else ' (not written)'}: {int8['layers'] - len(int8['fp32_layers'])} of "
+               f"{int8['layers']} layers int8, {len(int8['fp32_layers'])} kept fp32 "
+               f"({', '.join(int8['fp32_layers']) or 'none'}); chosen on {int8['calibration_images']} calibration "
+               f"images ({int8['calibration_source']}): agreement {int8['calibration_agreement_all_int8']:.1%} "
+               f"all-int8 -> {int8['calibration_agreement']:.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0: written as asked; 1: written without the int8 model, which fell short of --int8_min_agreement; 2: nothing
+    written (a usage error, or fp32 does not match PyTorch)."""
     args = parse_args(argv)
     # Our progress at INFO; the quantiser logs every tensor it skips at INFO on the root logger.
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -725,11 +513,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return USAGE_EXIT
     for line in summary_lines(results):
         print(line)
-    sizes = ", ".join(f"{k} {v:.2f} MB" for k, v in results.get("megabytes", {}).items())
+    sizes = ", ".join(f"{k} {v:.2f} MB" for k, v in results["megabytes"].items())
     print(f"wrote {args.output_dir} (outputs: {', '.join(results['outputs'])}; {sizes})")
+    if results.get("int8", {}).get("written") is False:
+        print(f"error: {int8_shortfall_message(results)}", file=sys.stderr)
+        return EXIT_INT8_SHORT
     return 0
 
 
