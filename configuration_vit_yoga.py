@@ -14,19 +14,18 @@ PATCH_EMBEDDING_TYPES = ("standard", "conv_stem")
 
 # How a joint model (one head per level) turns its heads into one distribution over the finest classes (see
 # ``modeling_vit_yoga.tree_probabilities``): "finest" (the finest head alone), "product" (the product of the levels'
-# probabilities along each leaf's path, renormalised over the leaves), "geometric" (their geometric mean,
-# renormalised: the product's ranking, softer scores), "chain" (top-down, the chain rule: the coarsest head's
-# probability times each finer head's probability renormalised among its siblings; the coarsest marginal is then the
-# coarsest head's exactly). "chain" is the default: on a joint model's validation split it kept the finest head's
-# top-1, had the lowest log-loss of the four and raised the decided path's coarse levels (README, "Hierarchical
-# predictions"; benchmarks/bench_hierarchy.py).
-HIERARCHY_COMBINATIONS = ("finest", "product", "geometric", "chain")
+# probabilities along each leaf's path, renormalised over the leaves), "chain" (top-down, the chain rule: the coarsest
+# head's probability times each finer head's probability renormalised among its siblings; the coarsest marginal is
+# then the coarsest head's exactly). "chain" is the default: on a joint model's validation split it kept the finest
+# head's top-1, had the lowest log-loss of the rules and raised the decided path's coarse levels (vit-yoga's
+# docs/predictions.md; benchmarks/bench_hierarchy.py).
+HIERARCHY_COMBINATIONS = ("finest", "product", "chain")
 DEFAULT_HIERARCHY_COMBINATION = "chain"
 
 # Named sizes from the ViT paper and DeiT (Ti), all with 16-pixel patches at 224 px, and their initialisation
 # (std 0.02). ``vit-pico`` is ours: a model small enough to train on a laptop CPU in minutes (the out-of-the-box
 # synthetic run uses it); at its width of 96, std 0.02 leaves it nearly linear for thousands of steps, so it starts
-# from std 0.1, about 1/sqrt(96) (the README's recipes measure the difference).
+# from std 0.1, about 1/sqrt(96) (vit-yoga's docs/training.md measures the difference).
 VIT_YOGA_PRESETS: dict[str, dict[str, int | float]] = {
     "vit-pico": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=384,
                      image_size=64, patch_size=8, initializer_range=0.1),
@@ -57,10 +56,12 @@ class ViTYogaConfig(PretrainedConfig):
         init_lineage: the checkpoints this model was initialised from, oldest first (written by train.py).
         patch_embedding_type: "standard" (the ViT's patch projection, one strided convolution: weights port to
             and from transformers' and timm's ViT) or "conv_stem" (a stack of 3x3 stride-2 convolutions, Xiao et
-            al. 2021: a small-data option, see the README's recipes).
+            al. 2021: a small-data option, see vit-yoga's docs/training.md).
         hierarchy_combination: how a joint model (one head per level) combines its heads into tree-consistent
-            probabilities, one of ``HIERARCHY_COMBINATIONS``; the default is the rule that measured best (README,
-            "Hierarchical predictions"). A config.json written before this field existed loads with the default.
+            probabilities, one of ``HIERARCHY_COMBINATIONS``; the default is the rule that measured best (vit-yoga's
+            docs/predictions.md).
+        display_names: the name a person reads for each class name (``{"Tree_Pose_or_Vrksasana_": "Tree Pose
+            (Vrksasana)"}``), shown by the demo, the model card and predict; the class names stay the labels.
     """
 
     model_type = "vit_yoga"
@@ -88,6 +89,7 @@ class ViTYogaConfig(PretrainedConfig):
         init_lineage: list[dict[str, Any]] | None = None,
         patch_embedding_type: str = "standard",
         hierarchy_combination: str = DEFAULT_HIERARCHY_COMBINATION,
+        display_names: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         self.image_size = image_size
@@ -111,6 +113,7 @@ class ViTYogaConfig(PretrainedConfig):
         self.init_lineage = list(init_lineage or [])
         self.patch_embedding_type = patch_embedding_type
         self.hierarchy_combination = hierarchy_combination
+        self.display_names = dict(display_names or {})
         if label_level is not None and "id2label" not in kwargs and "num_labels" not in kwargs:
             if label_level in self.hierarchy_levels:
                 names = self.hierarchy_class_names[self.hierarchy_levels.index(label_level)]
@@ -165,7 +168,7 @@ class ViTYogaConfig(PretrainedConfig):
         if self.hierarchy_combination not in HIERARCHY_COMBINATIONS:
             raise ValueError(
                 f"ViTYogaConfig.hierarchy_combination {self.hierarchy_combination!r} is unknown; choose one of "
-                f"{list(HIERARCHY_COMBINATIONS)}."
+                f"{list(HIERARCHY_COMBINATIONS)} (the default: {DEFAULT_HIERARCHY_COMBINATION!r})."
             )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, name)

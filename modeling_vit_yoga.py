@@ -68,7 +68,7 @@ class ViTYogaConvStem(nn.Module):
     widening to ``hidden_size``, then a 1x1 projection; the same token grid as the patch embedding.
 
     Each convolution is instance-normalised where Xiao et al. use BatchNorm. Why a stem, why that normalisation,
-    and what each choice measured: the README's "Recipes" section, the one place that reasoning is kept.
+    and what each choice measured: vit-yoga's docs/training.md ("Recipes"), the one place that reasoning is kept.
     """
 
     def __init__(self, config: ViTYogaConfig) -> None:
@@ -389,8 +389,6 @@ def _finest_log_probabilities(
             parents = torch.tensor(config.hierarchy_parents[depth - 1], device=heads[0].device)
             log_probabilities[depth] = log_probabilities[depth] - within_parent.index_select(1, parents)
     path_scores = sum(lp.index_select(1, table[:, depth]) for depth, lp in enumerate(log_probabilities))
-    if rule == "geometric":
-        path_scores = path_scores / len(heads)
     return F.log_softmax(path_scores, dim=-1)  # the chain rule's already sums to 1; renormalising changes nothing
 
 
@@ -403,40 +401,14 @@ def tree_probabilities(
     ``logits``: a one-head model's ``logits`` (its finest level's softmax is marginalised up the tree), or a joint
     model's ``level_logits`` (its heads combined by ``rule``, default ``config.hierarchy_combination``). A joint
     model's ``logits`` (the combined finest scores) give the same as its ``level_logits``. Traceable by
-    torch.onnx.export.
+    torch.onnx.export. The decided path (the most probable one, or the minimum-risk one) is
+    ``answers_vit_yoga.LabelTree.decide``, in numpy, for every front end.
     """
     finest = _finest_log_probabilities(config, logits, rule).exp()
     probabilities = [finest]
     for depth in range(len(predicted_levels(config)) - 1, 0, -1):
         probabilities.insert(0, probabilities[0] @ _parent_matrix(config, depth, finest.dtype, finest.device))
     return tuple(probabilities)
-
-
-def most_probable_path(
-    config: ViTYogaConfig, probabilities: Sequence[torch.Tensor]
-) -> tuple[torch.LongTensor, torch.Tensor]:
-    """The most probable finest class and its ancestors: ((batch, n_levels) class ids coarsest first, (batch,) the
-    path's probability, which is its finest class's and so at most each of its nodes' marginals)."""
-    finest = probabilities[-1]
-    score, leaf = finest.max(dim=-1)
-    return _ancestor_table(config).to(finest.device)[leaf], score
-
-
-def minimum_risk_path(
-    config: ViTYogaConfig, probabilities: Sequence[torch.Tensor]
-) -> tuple[torch.LongTensor, torch.Tensor]:
-    """Conditional risk minimisation (Karthik et al., ICLR 2021): the finest class with the lowest expected tree
-    distance to the truth, and its ancestors; shapes as ``most_probable_path``.
-
-    The tree distance of two finest classes is the number of predicted levels minus the number of levels where
-    their ancestors agree (1 = siblings, ..., n_levels = different at the first level), so a class's expected distance
-    is ``n_levels - sum over levels of its ancestor's marginal``: the class that minimises it maximises the sum of its
-    path's marginals.
-    """
-    table = _ancestor_table(config).to(probabilities[-1].device)
-    path_mass = sum(p.index_select(1, table[:, depth]) for depth, p in enumerate(probabilities))
-    leaf = path_mass.argmax(dim=-1)
-    return table[leaf], probabilities[-1].gather(1, leaf.unsqueeze(1)).squeeze(1)
 
 
 class ViTYogaPreTrainedModel(PreTrainedModel):
@@ -692,7 +664,7 @@ class ViTYogaForHierarchicalClassification(ViTYogaPreTrainedModel):
             losses = per_example_losses(level_logits, labels, self.config.hierarchy_levels)
             level_losses = torch.stack([level.detach().mean() for level in losses])
             loss = mean_over_examples(torch.stack(losses).sum(dim=0), labels, kwargs.get("num_items_in_batch"))
-        # The combined scores measured better than the finest head alone (README, "Hierarchical predictions"); the
+        # The combined scores measured better than the finest head alone (vit-yoga's docs/predictions.md); the
         # loss stays on the raw heads, so training is unchanged.
         if self.config.hierarchy_combination == "finest":
             logits = level_logits[-1]
@@ -744,8 +716,6 @@ ViTYogaForHierarchicalClassification.register_for_auto_class("AutoModelForImageC
 
 __all__ = [
     "HierarchicalClassifierOutput",
-    "minimum_risk_path",
-    "most_probable_path",
     "predicted_levels",
     "tree_probabilities",
     "ViTYogaForHierarchicalClassification",

@@ -1,4 +1,5 @@
-"""Tree-consistent predictions: the hierarchy API of modeling_vit_yoga.py and the hierarchical pipeline.
+"""Tree-consistent predictions: the hierarchy API of modeling_vit_yoga.py (tree_probabilities), the path decisions
+of answers_vit_yoga.py (LabelTree.decide) and the hierarchical pipeline.
 
 The numbers are the ones probability theory gives: a coarse class's probability is its children's sum, a path is as
 probable as its finest node, and the decoded path of a hand-built output is the one worked out by hand below.
@@ -7,21 +8,22 @@ probable as its finest node, and the decoded path of a hand-built output is the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import PROJECT_ROOT
 
 import yoga82
+from answers_vit_yoga import LabelTree
 from configuration_vit_yoga import DEFAULT_HIERARCHY_COMBINATION, HIERARCHY_COMBINATIONS, ViTYogaConfig
 from modeling_vit_yoga import (
     ViTYogaForHierarchicalClassification,
     ViTYogaForImageClassification,
-    minimum_risk_path,
-    most_probable_path,
     predicted_levels,
     tree_probabilities,
 )
@@ -42,6 +44,12 @@ def yoga_config(**overrides) -> ViTYogaConfig:
 def random_heads(config: ViTYogaConfig, batch: int = 5, seed: int = 0) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(batch, n, generator=generator) * 3 for n in config.hierarchy_sizes)
+
+
+def decide(config: ViTYogaConfig, probabilities, decision: str = "probability") -> tuple[np.ndarray, np.ndarray]:
+    """The decided paths of ``tree_probabilities``' output, as the pipeline decides them (``LabelTree.decide``)."""
+    tree = LabelTree.from_config(config, predicted_levels(config))
+    return tree.decide([p.numpy() for p in probabilities], decision)
 
 
 def children_sums(config: ViTYogaConfig, fine: torch.Tensor, depth: int) -> torch.Tensor:
@@ -94,8 +102,8 @@ def test_a_model_without_hierarchy_gives_its_softmax():
     logits = torch.randn(3, 7)
     (probabilities,) = tree_probabilities(config, logits)
     torch.testing.assert_close(probabilities, logits.softmax(-1))
-    path, score = most_probable_path(config, (probabilities,))
-    assert path.shape == (3, 1) and torch.equal(path[:, 0], logits.argmax(-1))
+    path, score = decide(config, (probabilities,))
+    assert path.shape == (3, 1) and path[:, 0].tolist() == logits.argmax(-1).tolist()
 
 
 def test_wrong_shapes_are_refused_with_the_expected_shape():
@@ -108,19 +116,21 @@ def test_wrong_shapes_are_refused_with_the_expected_shape():
         tree_probabilities(config, random_heads(config), rule="mean")
 
 
-@pytest.mark.parametrize("decide", [most_probable_path, minimum_risk_path])
-def test_a_paths_probability_is_at_most_each_of_its_nodes_marginals(decide):
+@pytest.mark.parametrize("decision", ["probability", "risk"])
+def test_a_paths_probability_is_at_most_each_of_its_nodes_marginals(decision):
     config = yoga_config()
-    probabilities = tree_probabilities(config, random_heads(config, batch=64, seed=3))
-    path, score = decide(config, probabilities)
+    probabilities = [p.numpy() for p in tree_probabilities(config, random_heads(config, batch=64, seed=3))]
+    path, score = decide(config, [torch.from_numpy(p) for p in probabilities], decision)
     assert path.shape == (64, 3) and score.shape == (64,)
     for depth in (1, 2):  # each node's parent is the one the tree gives
-        parents = torch.tensor(config.hierarchy_parents[depth - 1])
-        assert torch.equal(parents[path[:, depth]], path[:, depth - 1])
+        parents = np.asarray(config.hierarchy_parents[depth - 1])
+        assert (parents[path[:, depth]] == path[:, depth - 1]).all()
+    rows = np.arange(64)
     for depth, p in enumerate(probabilities):
-        marginal = p.gather(1, path[:, depth : depth + 1]).squeeze(1)
-        assert (score <= marginal + 1e-6).all()
-    torch.testing.assert_close(score, probabilities[-1].gather(1, path[:, -1:]).squeeze(1))
+        assert (score <= p[rows, path[:, depth]] + 1e-6).all()
+    np.testing.assert_allclose(score, probabilities[-1][rows, path[:, -1]])
+    if decision == "probability":  # the most probable finest class
+        assert (path[:, -1] == probabilities[-1].argmax(-1)).all()
 
 
 # ---------------------------------------------------------------- the combination rules, by hand
@@ -139,14 +149,12 @@ def toy_heads() -> tuple[torch.Tensor, ...]:
     ("product", [0.02 / 0.128, 0.054 / 0.128, 0.03 / 0.128, 0.024 / 0.128], [0, 1, 1]),
     ("chain", [0.25, 0.15, 1 / 3, 4 / 15], [1, 2, 2]),
     ("finest", [0.1, 0.45, 0.25, 0.2], [0, 1, 1]),
-    ("geometric", [v ** (1 / 3) / sum(w ** (1 / 3) for w in (0.02, 0.054, 0.03, 0.024))
-                   for v in (0.02, 0.054, 0.03, 0.024)], [0, 1, 1]),
 ])
 def test_disagreeing_heads_decode_to_the_path_the_rule_says(rule, leaves, path):
     config = ViTYogaConfig(**TINY, **TOY_TREE)
     a, b, c = tree_probabilities(config, toy_heads(), rule=rule)
     torch.testing.assert_close(c, torch.tensor([leaves]))
-    decided, score = most_probable_path(config, (a, b, c))
+    decided, score = decide(config, (a, b, c))
     assert decided.tolist() == [path]
     assert score.item() == pytest.approx(max(leaves), abs=1e-6)
     # The product outvotes the coarsest head: a0 carries 0.074 / 0.128 of the mass although the a head says a1.
@@ -174,9 +182,9 @@ def test_conditional_risk_minimisation_picks_the_class_of_least_expected_tree_di
     probabilities = tree_probabilities(config, leaves.clamp_min(1e-12).log())
     risks = [sum(leaves[0, j].item() * tree_distance(config, c, j) for j in range(4)) for c in range(4)]
     assert risks == pytest.approx([1.8, 2.6, 1.48, 1.52])
-    path, score = minimum_risk_path(config, probabilities)
+    path, score = decide(config, probabilities, "risk")
     assert path.tolist() == [[1, 2, 2]] and score.item() == pytest.approx(0.32, abs=1e-6)
-    path, score = most_probable_path(config, probabilities)
+    path, score = decide(config, probabilities, "probability")
     assert path.tolist() == [[0, 0, 0]] and score.item() == pytest.approx(0.4, abs=1e-6)
 
 
@@ -201,7 +209,7 @@ def test_joint_models_logits_are_the_combined_finest_log_probabilities():
     finest.load_state_dict(model.state_dict())
     with torch.no_grad():
         raw = finest(pixels)
-    torch.testing.assert_close(raw.logits, raw.level_logits[-1])  # "finest": the head's own logits, as before
+    torch.testing.assert_close(raw.logits, raw.level_logits[-1])  # "finest": the head's own raw logits
 
 
 def test_one_head_model_tree_probabilities():
@@ -214,16 +222,19 @@ def test_one_head_model_tree_probabilities():
     torch.testing.assert_close(coarse, children_sums(config, fine, 1))
 
 
-def test_a_config_json_without_hierarchy_combination_loads_with_the_default(tmp_path):
-    assert DEFAULT_HIERARCHY_COMBINATION != "finest"
+def test_a_config_json_naming_a_rule_that_does_not_exist_is_refused_naming_those_that_do(tmp_path):
+    assert HIERARCHY_COMBINATIONS == ("finest", "product", "chain")  # "geometric" was dropped: it never measured best
     yoga_config(hierarchy_combination="finest").save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["hierarchy_combination"] == "finest"
-    del saved["hierarchy_combination"]  # as config.json files written before the field existed
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert ViTYogaConfig.from_pretrained(tmp_path).hierarchy_combination == DEFAULT_HIERARCHY_COMBINATION
-    with pytest.raises(ValueError, match="hierarchy_combination 'mean' is unknown"):
-        yoga_config(hierarchy_combination="mean")
+    assert ViTYogaConfig.from_pretrained(tmp_path).hierarchy_combination == "finest"
+    (tmp_path / "config.json").write_text(json.dumps(dict(saved, hierarchy_combination="geometric")))
+    message = (r"hierarchy_combination 'geometric' is unknown; choose one of \['finest', 'product', 'chain'\] "
+               rf"\(the default: '{DEFAULT_HIERARCHY_COMBINATION}'\)")
+    with pytest.raises(ValueError, match=message):
+        ViTYogaConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="Unknown hierarchy combination 'geometric'"):
+        tree_probabilities(yoga_config(), random_heads(yoga_config()), rule="geometric")
 
 
 # ---------------------------------------------------------------- what the pipeline answers
@@ -374,7 +385,7 @@ def test_the_pipeline_loads_in_a_fresh_process_for_fine_coarse_and_joint_checkpo
         model = model_class.from_pretrained(folder).eval()
         pixels = AutoImageProcessor.from_pretrained(folder)(Image.open(image_path), return_tensors="pt")
         expected = model.tree_probabilities(pixels["pixel_values"])
-        ids, score = most_probable_path(config, expected)
+        ids, score = decide(config, expected)
         names = [config.hierarchy_class_names[d] for d in range(len(levels))]
 
         single = answer["path"]
@@ -395,32 +406,42 @@ def test_the_pipeline_loads_in_a_fresh_process_for_fine_coarse_and_joint_checkpo
         assert len(answer["batch"]) == 3
         assert answer["batch"][0]["path_score"] == pytest.approx(answer["batch"][1]["path_score"], abs=1e-4)
         assert [n["label"] for n in answer["batch"][2]["path"]] == [n["label"] for n in single["path"]]
-        risk_ids, _ = minimum_risk_path(config, expected)
+        risk_ids, _ = decide(config, expected, "risk")
         assert [n["label"] for n in answer["risk"]["path"]] == [names[d][i] for d, i in enumerate(risk_ids[0].tolist())]
         # The plain image-classification pipeline still names the finest level: the decided path's finest class.
         assert answer["plain"] == single["path"][-1]["label"]
 
 
-@pytest.mark.slow
-def test_bench_hierarchy_measures_heads_rules_and_decisions(poses, tmp_path, capsys):
-    import sys
-
+def test_bench_hierarchy_compares_the_heads_the_rules_and_both_decisions_by_hand():
+    """The comparison the results JSON leaves to benchmarks/bench_hierarchy.py, on the hand-worked toys above."""
     sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
     import bench_hierarchy
 
-    save_checkpoint(tmp_path / "joint", "joint", spread=0.5)  # no probability underflows to 0
-    out = tmp_path / "bench.json"
-    assert bench_hierarchy.main(["--models", str(tmp_path / "joint"), "--dataset_name", str(poses), "--splits",
-                                 "validation", "--json", str(out)]) == 0
-    entry = json.loads(out.read_text())["results"][str(tmp_path / "joint")]["validation"]
-    rows = {row["method"]: row for row in entry["rows"]}
-    assert set(HIERARCHY_COMBINATIONS) <= set(rows) and "heads (independent)" in rows
-    assert all(rows[rule]["path consistency"] == 1.0 for rule in HIERARCHY_COMBINATIONS)  # a path by construction
-    # finest: the 82-way head's own answers and log-loss, unchanged by summing up the tree.
-    assert rows["finest"]["label_82 top-1"] == rows["heads (independent)"]["label_82 top-1"]
-    assert rows["finest"]["label_82 log-loss"] == pytest.approx(rows["heads (independent)"]["label_82 log-loss"])
-    assert entry["best_rule"] in HIERARCHY_COMBINATIONS and entry["images"] == 82
-    assert "best combination on validation" in capsys.readouterr().out
+    truth = torch.tensor([[1, 2, 2]])  # c2, under b2, under a1
+    joint = ViTYogaConfig(**TINY, **TOY_TREE)  # the default rule, chain
+    rows = {row["method"]: row for measure in bench_hierarchy.MEASUREMENTS
+            for row in measure(joint, toy_heads(), truth)}
+    assert list(rows) == ["heads (independent)", *HIERARCHY_COMBINATIONS, "decision=probability (chain)",
+                          "decision=risk (chain)"]
+    heads = rows["heads (independent)"]  # a1, b0, c1: b0 is not under a1
+    assert (heads["a top-1"], heads["b top-1"], heads["c top-1"], heads["consistency"]) == (1.0, 0.0, 0.0, 0.0)
+    # The decided paths worked out by hand above: c1 for finest and product, c2 (the truth) for chain.
+    for rule, right in (("finest", 0.0), ("product", 0.0), ("chain", 1.0)):
+        assert [rows[rule][f"path {level} top-1"] for level in "abc"] == [right] * 3
+        assert rows[rule]["path consistency"] == 1.0
+    assert rows["chain"]["c log-loss"] == pytest.approx(-math.log(1 / 3), abs=1e-5)
+    assert bench_hierarchy.best_rule(list(rows.values()), "c") == "chain"
+    # The conditional-risk toy, as a one-head model of level c: the most probable pose c0 is in the other body
+    # position (distance 3); risk answers c2, the truth.
+    one_head = ViTYogaConfig(**TINY, **TOY_TREE, label_level="c")
+    logits = (torch.tensor([[0.4, 0.0, 0.32, 0.28]]).clamp_min(1e-12).log(),)
+    rows = {row["method"]: row for row in bench_hierarchy.decision_rows(one_head, logits, truth)}
+    assert rows["decision=probability (marginalised)"] == {"method": "decision=probability (marginalised)",
+                                                           "a top-1": 0.0, "b top-1": 0.0, "c top-1": 0.0,
+                                                           "severity": 3.0, "mean distance": 3.0}
+    assert rows["decision=risk (marginalised)"] == {"method": "decision=risk (marginalised)", "a top-1": 1.0,
+                                                    "b top-1": 1.0, "c top-1": 1.0, "severity": 0.0,
+                                                    "mean distance": 0.0}
 
 
 def test_a_checkpoint_without_hierarchy_answers_its_one_level():

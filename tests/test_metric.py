@@ -228,45 +228,86 @@ def test_path_consistency_needs_one_list_per_coarser_level(in_memory_metric):
         in_memory_metric.compute(predictions=[0], references=[0], coarser_predictions=[[0]])
 
 
-def test_tree_results_of_hand_made_joint_heads(in_memory_metric):
-    """Two coarse classes A {a1, a2} and B {b1}; three images whose heads disagree in two of them."""
-    from configuration_vit_yoga import ViTYogaConfig
-    from vit_yoga.evaluation import tree_results
+# Two coarse classes A {a1, a2} and B {b1}.
+TWO_LEVEL_TREE = {"hierarchy_levels": ["coarse", "fine"], "hierarchy_class_names": [["A", "B"], ["a1", "a2", "b1"]],
+                  "hierarchy_parents": [[0, 0, 1]]}
 
-    tree = {"hierarchy_levels": ["coarse", "fine"], "hierarchy_class_names": [["A", "B"], ["a1", "a2", "b1"]],
-            "hierarchy_parents": [[0, 0, 1]]}
-    joint = ViTYogaConfig(**tree, hierarchy_combination="product")
+
+def test_tree_results_of_hand_made_joint_heads(in_memory_metric):
+    """Three images whose heads disagree in two of them: the heads' own answers and the decided path."""
+    from configuration_vit_yoga import ViTYogaConfig
+    from vit_yoga.evaluation import DECODINGS, tree_results
+
+    joint = ViTYogaConfig(**TWO_LEVEL_TREE, hierarchy_combination="product")
     coarse = np.array([[5, 0], [0, 5], [5, 0]], dtype=np.float32)  # A, B, A
     fine = np.array([[0, 3, 0], [3, 0, 0], [0, 0, 3]], dtype=np.float32)  # a2, a1 (under A), b1 (under B)
     references = np.array([[0, 1], [1, 2], [1, 2]])  # a2, b1, b1
     results = tree_results(joint, (coarse, fine), references, in_memory_metric)
     assert results["levels"] == ["coarse", "fine"]
+    # What a user reads: each head's own answer and the decided path; the other readings are the benchmark's.
+    assert list(results["decodings"]) == list(DECODINGS) == ["heads", "path"]
     heads = results["decodings"]["heads"]
-    assert heads["levels"]["coarse"]["accuracy"] == pytest.approx(2 / 3)
-    assert heads["levels"]["fine"]["accuracy"] == pytest.approx(2 / 3)
+    assert heads["levels"]["coarse"] == {"accuracy": pytest.approx(2 / 3), "top5_accuracy": 1.0}
+    assert heads["levels"]["fine"] == {"accuracy": pytest.approx(2 / 3), "top5_accuracy": 1.0}
     assert heads["path_consistency"] == pytest.approx(1 / 3)  # rows 1 and 2: a pose under another body position
-    assert heads["mistake_severity"] == 2.0  # a1 for b1: another coarse class
-    # Marginalised from the fine head: coarse = A, A, B; each the parent of the fine answer.
-    marginalised = results["decodings"]["marginalised"]
-    assert marginalised["levels"]["coarse"]["accuracy"] == pytest.approx(2 / 3)
-    assert marginalised["path_consistency"] == 1.0
+    assert heads["mistake_severity"] == 2.0 and heads["num_mistakes"] == 1  # a1 for b1: another coarse class
+    # Top 5 of 3 classes: all of them, at distances (1 + 0 + 2) / 3 from a2 and (2 + 2 + 0) / 3 from b1 (twice).
+    assert heads["top5_average_distance"] == pytest.approx((1 + 4 / 3 + 4 / 3) / 3)
     # The product of the heads: row 1 gives b1 (B's 5 outweighs a1's 3), row 2 gives a1 (A's 5 outweighs b1's 3;
-    # a1 and a2 tie, the lower id wins): one mistake, at distance 2.
-    for decoding in ("combined", "path"):
-        assert results["decodings"][decoding]["levels"]["fine"]["accuracy"] == pytest.approx(2 / 3)
-        assert results["decodings"][decoding]["mistake_severity"] == 2.0
-    assert results["decodings"]["path"]["path_consistency"] == 1.0
-    assert results["decodings"]["risk"]["path_consistency"] == 1.0
+    # a1 and a2 tie, the lower id wins): one mistake, at distance 2, and a path every time.
+    path = results["decodings"]["path"]
+    assert path["levels"] == {"coarse": {"accuracy": pytest.approx(2 / 3)}, "fine": {"accuracy": pytest.approx(2 / 3)}}
+    assert path["path_consistency"] == 1.0
+    assert path["mistake_severity"] == 2.0 and path["num_mistakes"] == 1
     json.dumps(results)
 
-    # An image whose coarse head is sure of B while its fine head is sure of a1 (the truth): marginalised reads the
-    # fine head alone (a1); the product rule follows B (p(A) p(a1) = 0.0061 < p(B) p(b1) = 0.045).
+    # An image whose coarse head is sure of B while its fine head is sure of a1 (the truth): the heads answer a1; the
+    # product rule's path follows B (p(A) p(a1) = 0.0061 < p(B) p(b1) = 0.045).
     sure_b, sure_a1 = np.array([[0, 5]], dtype=np.float32), np.array([[3, 0, 0]], dtype=np.float32)
     split = tree_results(joint, (sure_b, sure_a1), np.array([[0, 0]]), in_memory_metric)["decodings"]
-    assert split["marginalised"]["levels"]["fine"]["accuracy"] == 1.0
-    assert split["combined"]["levels"]["fine"]["accuracy"] == 0.0
-    # A one-head model with the joint model's fine head: its only reading is the joint model's marginalised one.
-    one_head = ViTYogaConfig(**tree, label_level="fine")
-    single = tree_results(one_head, fine, references[:, 1], in_memory_metric)
-    assert "coarse" not in single["decodings"]["heads"]["levels"]
-    assert single["decodings"]["marginalised"] == single["decodings"]["combined"] == marginalised
+    assert split["heads"]["levels"]["fine"]["accuracy"] == 1.0
+    assert split["path"]["levels"]["fine"]["accuracy"] == 0.0
+
+
+def test_tree_results_of_a_one_head_model_decide_the_most_probable_path(in_memory_metric):
+    """A one-head model: its head answers its own level only; the path is its softmax's argmax and the ancestors."""
+    from configuration_vit_yoga import ViTYogaConfig
+    from vit_yoga.evaluation import tree_results
+
+    one_head = ViTYogaConfig(**TWO_LEVEL_TREE, label_level="fine")
+    # Row 0: a2. Row 1: a1 0.3, a2 0.3, b1 0.4: the most probable pose is b1 (the truth), though A's subtree holds
+    # 0.6 (decision="risk" would answer a1 there: 0.3 + 0.6 > 0.4 + 0.4). Row 2: a1, for b1.
+    fine = np.log(np.array([[0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.7, 0.2, 0.1]], dtype=np.float32))
+    results = tree_results(one_head, fine, np.array([1, 2, 2]), in_memory_metric)
+    heads, path = results["decodings"]["heads"], results["decodings"]["path"]
+    assert list(heads["levels"]) == ["fine"] and "path_consistency" not in heads
+    assert heads["levels"]["fine"]["accuracy"] == pytest.approx(2 / 3)
+    assert path["levels"]["coarse"]["accuracy"] == pytest.approx(2 / 3)  # A, B, A against A, B, B
+    assert path["levels"]["fine"]["accuracy"] == pytest.approx(2 / 3)
+    assert path["path_consistency"] == 1.0 and path["mistake_severity"] == 2.0
+    assert tree_results(ViTYogaConfig(num_labels=3), fine, np.array([1, 2, 2]), in_memory_metric) == {}
+
+
+def test_the_model_card_shows_the_heads_and_the_decided_path(in_memory_metric, tmp_path):
+    from configuration_vit_yoga import ViTYogaConfig
+    from vit_yoga.card import hierarchy_section
+    from vit_yoga.evaluation import tree_results
+
+    joint = ViTYogaConfig(**TWO_LEVEL_TREE, hierarchy_combination="product")
+    coarse = np.array([[5, 0], [0, 5], [5, 0]], dtype=np.float32)
+    fine = np.array([[0, 3, 0], [3, 0, 0], [0, 0, 3]], dtype=np.float32)
+    tree = tree_results(joint, (coarse, fine), np.array([1, 2, 2]), in_memory_metric)
+    # The results JSON as Trainer.save_metrics writes it (sorted keys), read back by the card.
+    (tmp_path / "test_results.json").write_text(json.dumps({"test_hierarchy": tree}, sort_keys=True))
+    section = hierarchy_section(tmp_path, {"test": {}})
+    assert "### Along the label tree" in section and "**test**" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert rows == [
+        "| answer | coarse top-1 | fine top-1 | path consistency | mistake severity | top-5 mean distance |",
+        "| heads | 0.667 | 0.667 | 0.333 | 2.000 | 1.222 |",
+        "| path | 0.667 | 0.667 | 1.000 | 2.000 | - |",
+    ]
+    for dropped in ("marginalised", "combined", "risk", "most_probable_path", "minimum_risk_path"):
+        assert f"**{dropped}**" not in section and f"`{dropped}`" not in section
+    assert "bench_hierarchy.py" in section  # where the other readings are compared
+    assert hierarchy_section(tmp_path, {"validation": {}}) == ""  # no eval_results.json: no section

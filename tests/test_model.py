@@ -89,6 +89,8 @@ def test_presets(name, expected):
         (dict(num_hidden_layers=0), "positive integer"),
         (dict(patch_embedding_type="convolutional"), "patch_embedding_type 'convolutional' is unknown"),
         (dict(image_size=36, patch_size=6, patch_embedding_type="conv_stem"), "patch_size must be a power of two"),
+        (dict(hierarchy_combination="geometric"),
+         r"hierarchy_combination 'geometric' is unknown; choose one of \['finest', 'product', 'chain'\]"),
     ],
 )
 def test_bad_configs_raise_clear_errors(kwargs, message):

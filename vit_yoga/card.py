@@ -121,16 +121,16 @@ stick-figure poses is for testing the pipeline only and says nothing about photo
 
 
 def hierarchy_table(tree: dict[str, Any]) -> list[str]:
-    """Markdown rows of one split's ``tree_results``: per decoding, each level's top-1, then the path consistency,
-    the mistake severity and the average top-5 distance at the finest level."""
+    """Markdown rows of one split's ``tree_results``: per reading (the heads, the decided path), each level's top-1,
+    then the path consistency, the mistake severity and the average top-5 distance at the finest level."""
     from .evaluation import DECODINGS
 
     levels = tree["levels"]
-    rows = ["| decoding | " + " | ".join(f"{level} top-1" for level in levels)
+    rows = ["| answer | " + " | ".join(f"{level} top-1" for level in levels)
             + " | path consistency | mistake severity | top-5 mean distance |",
             "|---|" + "---:|" * (len(levels) + 3)]
-    # The results JSON's keys come back sorted; the table keeps DECODINGS' order (from the heads to the decisions).
-    for name in sorted(tree["decodings"], key=lambda name: list(DECODINGS).index(name) if name in DECODINGS else 99):
+    # The results JSON's keys come back sorted; the table keeps DECODINGS' order (the heads, then the path).
+    for name in (name for name in DECODINGS if name in tree["decodings"]):
         decoded = tree["decodings"][name]
         cells = [f"{decoded['levels'][level]['accuracy']:.3f}" if level in decoded["levels"] else "-"
                  for level in levels]
@@ -158,11 +158,13 @@ def hierarchy_section(output_dir: Path, results: dict[str, dict[str, dict[str, A
     return f"""
 ### Along the label tree
 
-Every level of the hierarchy, read from this checkpoint in each way the model code offers (`tree_probabilities`,
-`most_probable_path`, `minimum_risk_path` in `modeling_vit_yoga.py`; the hierarchical pipeline's `path` is the
-`path` row, its `decision="risk"` the `risk` row):
+Every level of the hierarchy, as this checkpoint answers it:
 
 {decodings}
+
+The `path` row is what `pipeline("hierarchical-image-classification")` answers (its default
+`decision="probability"`). The vit-yoga project's `benchmarks/bench_hierarchy.py` compares the other readings (the
+finest head summed up the tree, each rule of combining the heads, `decision="risk"`).
 
 Path consistency: the share of images whose per-level answers form a path of the tree (a pose under its own
 variation under its own body position). Mistake severity: the mean tree distance of the wrong finest-level answers

@@ -1,7 +1,7 @@
 """Metrics of a run, through the project's `evaluate` module (hierarchical_accuracy/, loaded from its folder):
 top-1 and top-5 per predicted level, per-class accuracy, the coarser levels' accuracy implied by fine predictions,
-mistake severity; and, for a model with a label hierarchy, every level under each way of decoding the tree
-(``tree_results``)."""
+mistake severity; and, for a model with a label hierarchy, every level as its heads answer and as the decided path
+answers (``tree_results``)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ import numpy as np
 
 METRIC_PATH = Path(__file__).resolve().parent / "hierarchical_accuracy"
 
-# The ways of reading a hierarchical model's levels (tree_results), as the results JSON and the model card name them.
+# The readings of a hierarchical model's levels (tree_results), as the results JSON and the model card name them. The
+# other readings (the finest head marginalised, each combination rule, decision="risk") are compared by
+# benchmarks/bench_hierarchy.py.
 DECODINGS = {
-    "heads": "each level's own head, independently (a one-head model: its level only)",
-    "marginalised": "the finest head's softmax summed up the tree; per level its most probable class",
-    "combined": "tree_probabilities (a joint model's heads combined by its rule); per level its most probable class",
-    "path": "the most probable finest class and its ancestors (the hierarchical pipeline's path)",
-    "risk": "conditional risk minimisation: the finest class of lowest expected tree distance, and its ancestors "
-            "(the pipeline's decision='risk')",
+    "heads": "each level's own head, deciding alone (a one-head model: its level only)",
+    "path": "the decided path: the most probable finest class of the tree-consistent probabilities, and its "
+            "ancestors",
 }
 
 
@@ -79,21 +78,22 @@ def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return flat
 
 
-def tree_results(config, logits, references: np.ndarray, metric: evaluate.EvaluationModule | None = None,
-                 rule: str | None = None) -> dict[str, Any]:
-    """Every predicted level of a hierarchical model under each decoding of ``DECODINGS``: top-1 (and top-5 where
-    the decoding ranks classes), path consistency, mistake severity and the average top-5 tree distance (finest
+def tree_results(config, logits, references: np.ndarray,
+                 metric: evaluate.EvaluationModule | None = None) -> dict[str, Any]:
+    """Every predicted level of a hierarchical model under each reading of ``DECODINGS``: top-1 (and top-5 where
+    the reading ranks classes), path consistency, mistake severity and the average top-5 tree distance (finest
     level), through the hierarchical_accuracy metric.
 
     ``logits``: a one-head model's (N, C) logits or a joint model's per-level logits (coarsest first), as
     ``Trainer.predict`` returns them; ``references``: (N,) finest-level ids (or (N, n_columns), finest last), the
-    coarser levels' being their ancestors. The combined, path and risk decodings are the model code's own
-    (``tree_probabilities``, ``most_probable_path``, ``minimum_risk_path``), so these numbers are the pipeline's.
+    coarser levels' being their ancestors. The path is decided by the code the pipeline answers with
+    (``tree_probabilities``, then ``answers_vit_yoga.LabelTree.decide``), so its numbers are the pipeline's.
     ``{}`` for a model without a label hierarchy.
     """
     import torch
 
-    from modeling_vit_yoga import minimum_risk_path, most_probable_path, predicted_levels, tree_probabilities
+    from answers_vit_yoga import LabelTree
+    from modeling_vit_yoga import predicted_levels, tree_probabilities
 
     if not config.hierarchy_levels:
         return {}
@@ -110,20 +110,13 @@ def tree_results(config, logits, references: np.ndarray, metric: evaluate.Evalua
 
     model_logits = [torch.from_numpy(h) for h in heads] if len(heads) > 1 else torch.from_numpy(heads[0])
     with torch.no_grad():
-        combined = [p.double().numpy() for p in tree_probabilities(config, model_logits, rule)]
-        # The finest head alone, its softmax summed up the tree (a one-head model's only reading).
-        marginalised = [p.double().numpy() for p in tree_probabilities(config, model_logits, "finest")]
-        torch_combined = [torch.from_numpy(p) for p in combined]
-        path = most_probable_path(config, torch_combined)[0].numpy()
-        risk = minimum_risk_path(config, torch_combined)[0].numpy()
+        probabilities = [p.double().numpy() for p in tree_probabilities(config, model_logits)]
+    path, _ = LabelTree.from_config(config, levels).decide(probabilities, "probability")
     # One-head model: its only head is the finest level; the coarser ones have no head of their own.
     head_scores: list[np.ndarray | None] = [None] * (len(levels) - 1) + [heads[-1]] if len(heads) == 1 else heads
     decodings: dict[str, list[np.ndarray | None]] = {
         "heads": head_scores,
-        "marginalised": marginalised,
-        "combined": combined,
         "path": [path[:, i] for i in range(len(levels))],
-        "risk": [risk[:, i] for i in range(len(levels))],
     }
     results: dict[str, Any] = {"levels": levels, "decodings": {}}
     for name, per_level in decodings.items():
@@ -138,7 +131,7 @@ def tree_results(config, logits, references: np.ndarray, metric: evaluate.Evalua
                     kwargs["coarser_predictions"] = [p.argmax(-1) if p.ndim == 2 else p for p in per_level[:i]]
             result = metric.compute(predictions=predictions, references=level_references[i], top_k=(1, 5), **kwargs)
             decoded["levels"][level] = {k: v for k, v in result.items() if k in ("accuracy", "top5_accuracy")}
-            if i == depth:  # the finest level's mistakes, and whether the decoded levels form paths
+            if i == depth:  # the finest level's mistakes, and whether the levels' answers form paths
                 decoded.update({k: v for k, v in result.items() if k in (
                     "mistake_severity", "num_mistakes", "top5_average_distance", "path_consistency")})
         results["decodings"][name] = decoded
