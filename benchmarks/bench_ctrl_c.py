@@ -1,10 +1,10 @@
 """How long ``python -m yoga82 download`` takes to exit after Ctrl-C, every worker stuck on a slow server.
 
-    python benchmarks/bench_ctrl_c.py [--runs 10] [--workers 4]
+    python benchmarks/bench_ctrl_c.py [--runs 10] [--workers 4] [--json runs/bench_ctrl_c.json]
 
 Each run starts the command in a process of its own with a terminal's SIGINT handler (a process started from a
 background job inherits SIGINT ignored), waits until every worker is reading a body that drips a byte every 0.5 s,
-sends SIGINT and times the exit. The README states the bound the test asserts (0.5 s); this prints what it takes.
+sends SIGINT and times the exit. docs/data.md states the bound the test asserts (0.5 s); this prints what it takes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT / "benchmarks"))
+from common import finish  # noqa: E402
+
 POSE = "Tree_Pose_or_Vrksasana_"
 AS_FROM_A_TERMINAL = (
     "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
@@ -91,11 +94,12 @@ def one_run(server: DripServer, work: Path, workers: int) -> float:
     return elapsed
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--workers", type=int, default=4)
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="also write the times here")
+    args = parser.parse_args(argv)
     server = DripServer()
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     times = []
@@ -105,11 +109,16 @@ def main() -> None:
                 times.append(one_run(server, Path(tmp) / str(run), args.workers))
     finally:
         server.shutdown()
+        server.server_close()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"Ctrl-C to exit, {args.runs} runs, {args.workers} workers stuck: min {min(times) * 1000:.0f} ms, median "
-          f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms (load average {load:.1f}, "
-          f"{os.cpu_count()} CPUs)")
+    report = {"runs": args.runs, "workers": args.workers, "seconds": times, "min_s": min(times),
+              "median_s": statistics.median(times), "max_s": max(times), "load_average": load,
+              "cpus": os.cpu_count()}
+    return finish(report, args.json,
+                  f"Ctrl-C to exit, {args.runs} runs, {args.workers} workers stuck: min {min(times) * 1000:.0f} ms, "
+                  f"median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms (load average "
+                  f"{load:.1f}, {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

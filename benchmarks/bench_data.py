@@ -50,7 +50,7 @@ for folder in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from bench_model import machine_description, write_json  # noqa: E402
+from common import finish, machine_description  # noqa: E402
 
 IMAGE_SIZE = 224
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
@@ -342,11 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             folder = args.image_dir
         report = run(args, folder)
-    print(format_report(report))
-    if args.json:
-        write_json(report, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return finish(report, args.json, format_report(report))
 
 
 if __name__ == "__main__":

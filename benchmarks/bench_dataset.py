@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import http.server
 import io
-import json
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -25,6 +26,9 @@ from yoga82.download import download_images
 from yoga82.labels import LABEL_82_NAMES, PARENT_OF_20, PARENT_OF_82
 from yoga82.prepare import prepare
 from yoga82.synthetic import build_synthetic, generate_synthetic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish  # noqa: E402
 
 
 def sample_jpeg(size: tuple[int, int] = (640, 480), seed: int = 0) -> bytes:
@@ -107,7 +111,7 @@ def bench_prepare(work: Path, images: int, resize: int) -> float:
     return images / (time.perf_counter() - started)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latency_ms", type=float, default=50.0)
     parser.add_argument("--images", type=int, default=128, help="images per download run")
@@ -116,10 +120,10 @@ def main() -> None:
     parser.add_argument("--resize", type=int, default=256)
     parser.add_argument("--synthetic_per_class", type=int, default=40)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    results: dict[str, object] = {
+    results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "latency_ms": args.latency_ms,
     }
@@ -135,18 +139,20 @@ def main() -> None:
         generate_synthetic(work / "synthetic", images_per_class=args.synthetic_per_class, image_size=64, progress=False)
         results["synthetic_end_to_end_images_per_s"] = count / (time.perf_counter() - started)
 
-    print(f"\nYoga-82 data tools on {results['machine']}")
-    print(f"{'measure':<52}{'images/s':>10}")
+    return finish(results, args.json, format_table(results, args))
+
+
+def format_table(results: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [f"\nYoga-82 data tools on {results['machine']}", f"{'measure':<52}{'images/s':>10}"]
     for workers, rate in results["download_images_per_s"].items():
-        print(f"{f'download, {args.latency_ms:.0f} ms latency, {workers} workers':<52}{rate:>10.1f}")
-    print(f"{f'prepare ({args.prepare_images} JPEGs 640x480 -> {args.resize} px, Parquet)':<52}"
-          f"{results['prepare_images_per_s']:>10.1f}")
-    print(f"{'synthetic, 64 px, drawing only':<52}{results['synthetic_draw_images_per_s']:>10.1f}")
+        lines.append(f"{f'download, {args.latency_ms:.0f} ms latency, {workers} workers':<52}{rate:>10.1f}")
+    lines.append(f"{f'prepare ({args.prepare_images} JPEGs 640x480 -> {args.resize} px, Parquet)':<52}"
+                 f"{results['prepare_images_per_s']:>10.1f}")
+    lines.append(f"{'synthetic, 64 px, drawing only':<52}{results['synthetic_draw_images_per_s']:>10.1f}")
     end_to_end = results["synthetic_end_to_end_images_per_s"]
-    print(f"{'synthetic, 64 px, end to end (Parquet, card, plot)':<52}{end_to_end:>10.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    lines.append(f"{'synthetic, 64 px, end to end (Parquet, card, plot)':<52}{end_to_end:>10.1f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from bench_model import machine_description, write_json  # noqa: E402
 from bench_predict import make_checkpoint, photo_files  # noqa: E402
+from common import finish, machine_description  # noqa: E402
 
 
 def median_ms(run: Callable[[Any], Any], items: list[Any], cpu: list[float] | None = None) -> list[float]:
@@ -54,12 +53,12 @@ def in_process(app: dict[str, Any], checkpoint: Path, files: list[Path], rounds:
     """Median wall and CPU milliseconds per photo of each in-process way."""
     from transformers import AutoModelForImageClassification, pipeline
 
-    classifier = app["load_classifier"](str(checkpoint))  # eager attention: one forward for probabilities and maps
+    classifier = app["load_served"](str(checkpoint), None)  # eager attention: one forward for probabilities and maps
     sdpa = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True,
                                                            attn_implementation="sdpa").eval()
     classify = pipeline("image-classification", model=str(checkpoint), trust_remote_code=True, device="cpu")
-    photos = [app["read_photo"](f) for f in files]
-    ready = [classifier.processor(images=p, return_tensors="pt")["pixel_values"] for p in photos]
+    photos = [app["load_photo"](f) for f in files]
+    ready = [classifier.prepare([p]) for p in photos]
 
     @torch.inference_mode()
     def model_alone(pixel_values: torch.Tensor) -> Any:
@@ -67,7 +66,7 @@ def in_process(app: dict[str, Any], checkpoint: Path, files: list[Path], rounds:
         return classifier.tree_probabilities(sdpa.config, logits)
 
     def model_with_maps(pixel_values: torch.Tensor) -> Any:
-        probabilities, attentions = classifier.run_model(pixel_values)
+        probabilities, attentions = classifier.run_model(pixel_values, attentions=True)
         return probabilities, app["attention_rollout"](attentions)
 
     ways: dict[str, tuple[Callable[[Any], Any], list[Any]]] = {
@@ -90,8 +89,8 @@ def in_process(app: dict[str, Any], checkpoint: Path, files: list[Path], rounds:
 
 
 def answer_and_overlay(app: dict[str, Any], classifier: Any, file: Path) -> Any:
-    photo = app["read_photo"](file)
-    prediction, heat = classifier.answer(photo)
+    photo = app["load_photo"](file)
+    prediction, heat = app["answer"](classifier, photo)
     return prediction, app["overlay"](photo, heat, 0.5)
 
 
@@ -108,15 +107,10 @@ def through_gradio_client(checkpoint: Path, files: list[Path], rounds: int, thre
                               stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("error: app.py did not start") from None
-                time.sleep(0.5)
+        try:
+            runpy.run_path(str(REPO_ROOT / "app.py"))["wait_until_served"](url, server, timeout=180)
+        except RuntimeError as error:
+            raise SystemExit(f"error: {error}") from None
         client = Client(url, verbose=False)
 
         def request(file: Path) -> Any:
@@ -191,10 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as scratch:
         report = run(args, Path(scratch))
-    if args.json:
-        write_json(report, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return finish(report, args.json)  # the tables were printed model by model
 
 
 if __name__ == "__main__":

@@ -37,19 +37,16 @@ import torch
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for folder in (REPO_ROOT, REPO_ROOT / "benchmarks"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from common import finish  # noqa: E402
 
 from configuration_vit_yoga import ViTYogaConfig  # noqa: E402
 from modeling_vit_yoga import ViTYogaForImageClassification  # noqa: E402
-from vit_yoga.export import (  # noqa: E402
-    DEFAULT_OPSET,
-    DYNAMO_OPSET,
-    ExportableClassifier,
-    OutputSpec,
-    export_graph,
-    quantize_dynamic_int8,
-)
+from vit_yoga.int8 import quantize_dynamic_int8  # noqa: E402
+from vit_yoga.onnx_graph import DEFAULT_OPSET, DYNAMO_OPSET, ExportableClassifier, OutputSpec, export_graph  # noqa: E402
 
 MODELS = ("vit-ti16-sdpa", "vit-ti16-eager", "vit-ti16-conv_stem", "vit-pico", "hf-vit-ti16")
 BACKENDS = ("eager", "compile", "ort-fp32", "ort-int8")
@@ -88,6 +85,11 @@ def build(name: str) -> nn.Module:
     return ExportableClassifier(ViTYogaForImageClassification(config).eval()).eval()
 
 
+def image_size_of(name: str) -> int:
+    """The input size of model ``name``: 64 px for vit-pico, 224 for the ViT-Ti/16s."""
+    return 64 if name == "vit-pico" else 224
+
+
 def opset_for(exporter: str) -> int:
     """The opset python -m vit_yoga.export uses by default with this exporter."""
     return DYNAMO_OPSET if exporter == "dynamo" else DEFAULT_OPSET
@@ -122,7 +124,7 @@ def time_call(call: Callable[[], Any], min_seconds: float) -> float:
 def worker(job: dict[str, Any]) -> float:
     """One backend alone in this process (``--isolation process``): seconds per call of ``job``'s model and batch."""
     torch.set_num_threads(job["threads"])
-    image_size = 64 if job["model"] == "vit-pico" else 224
+    image_size = image_size_of(job["model"])
     x = torch.randn(job["batch"], 3, image_size, image_size)
     if job["backend"].startswith("ort-"):
         run_ort = ort_runner(Path(job["path"]), job["threads"], job["names"], spinning=True)
@@ -151,7 +153,7 @@ def time_in_own_process(job: dict[str, Any]) -> float:
 
 def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     wrapper = build(name)
-    image_size = 64 if name == "vit-pico" else 224
+    image_size = image_size_of(name)
     example = torch.randn(2, 3, image_size, image_size)
     fp32, int8 = workdir / f"{name}.onnx", workdir / f"{name}_int8.onnx"
     started = time.perf_counter()
@@ -273,18 +275,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             rows += bench_model(name, args, Path(workdir))
     machine["load_average_after"] = os.getloadavg()
-    print("\n| model | batch | " + " | ".join(args.backends) + " |")
-    print("|---|---|" + "---|" * len(args.backends))
+    return finish({"machine": machine, "rows": rows}, args.json, format_table(rows, args))
+
+
+def format_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = ["\n| model | batch | " + " | ".join(args.backends) + " |", "|---|---|" + "---|" * len(args.backends)]
     for name in args.models:
         for batch in args.batch_sizes:
             cells = {r["backend"]: r for r in rows if r["model"] == name and r["batch"] == batch}
-            print(f"| {name} | {batch} | " + " | ".join(
+            lines.append(f"| {name} | {batch} | " + " | ".join(
                 f"{cells[b]['images_per_second']:.1f} img/s ({cells[b]['speedup_vs_eager']:.2f}x)" for b in
                 args.backends if b in cells) + " |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python benchmarks/bench_learning.py                       # everything (about 30 minutes on 2 cores)
     python benchmarks/bench_learning.py --tasks digits        # scikit-learn's digits only (a few minutes)
     python benchmarks/bench_learning.py --tasks synthetic --synthetic_epochs 10   # a smaller budget
-    python benchmarks/bench_learning.py --smoke               # a few steps of each row: checks the script runs
+    python benchmarks/bench_learning.py --smoke               # a few steps of each row (digits: 200 of them)
     python benchmarks/bench_learning.py --tasks real-photos --real_photos data/real-photos   # the real photos
 
 Three tasks, one table:
@@ -31,12 +31,7 @@ are the training's (``train_runtime``), whole runs' in brackets. The machine and
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PROJECT, finish, machine_summary, run_script, work_folder  # noqa: E402
+
 TRAIN = PROJECT / "train.py"
 DIGITS_MODEL = "image_size=32,patch_size=4"  # vit-pico's 4 x 96, 3 heads, MLP 384, at 32 px with patch 4
 DIGITS_SCHEDULE = ["--num_train_epochs", "30", "--learning_rate", "1e-3", "--per_device_train_batch_size", "64"]
@@ -54,11 +51,13 @@ DIGITS_SCHEDULE = ["--num_train_epochs", "30", "--learning_rate", "1e-3", "--per
 REAL_PHOTOS_EPOCHS = 40
 REAL_PHOTOS_SCHEDULE = ["--model_preset", "vit-pico", "--per_device_train_batch_size", "32"]
 REAL_PHOTOS_RELEASE = PROJECT.parent / "shared" / "real-photos"
+SMOKE_DIGITS = 200  # --smoke: the digits' first 200 (every class), 160 to train on
 
 
 # ------------------------------------------------------------------------------------------------------------ data
-def write_digits(folder: Path) -> Path:
-    """scikit-learn's digits as an image folder: train/<digit>/*.png and validation/<digit>/*.png (once)."""
+def write_digits(folder: Path, count: int | None = None) -> Path:
+    """scikit-learn's digits as an image folder: train/<digit>/*.png and validation/<digit>/*.png (once). ``count``:
+    only the first that many digits (every class: the data set cycles through them), still split 80/20."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -66,14 +65,19 @@ def write_digits(folder: Path) -> Path:
         return folder
     digits = load_digits()
     images = (digits.images * (255 / 16)).round().astype(np.uint8)
-    train, validation = train_test_split(np.arange(len(images)), test_size=0.2, random_state=0,
-                                         stratify=digits.target)
+    ids = np.arange(len(images))[:count]
+    train, validation = train_test_split(ids, test_size=0.2, random_state=0, stratify=digits.target[ids])
     for split, ids in (("train", train), ("validation", validation)):
         for i in ids:
             target = folder / split / str(digits.target[i]) / f"{i:04d}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i]).resize((32, 32), Image.Resampling.BILINEAR).convert("RGB").save(target)
     return folder
+
+
+def digits_folder(work: Path, smoke: bool) -> Path:
+    """The digits under ``work``: all 1,797, or with ``--smoke`` the first SMOKE_DIGITS (a folder of their own)."""
+    return write_digits(work / "digits-smoke", count=SMOKE_DIGITS) if smoke else write_digits(work / "digits")
 
 
 def load_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,19 +131,13 @@ def announce(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
 
 def run_train(args: list[str], output_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     """train.py in a subprocess, as a user runs it; its results files."""
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(TRAIN), *args, "--output_dir", str(output_dir),
-                             "--overwrite_output_dir"], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"train.py {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    read = lambda name: json.loads((output_dir / name).read_text())  # noqa: E731
-    return {"train": read("train_results.json"), "eval": read("eval_results.json"),
-            "test": read("test_results.json") if (output_dir / "test_results.json").exists() else None,
-            "wall_s": time.perf_counter() - started}
+    out = run_script(TRAIN, args, output_dir, env)
+    return {"train": out["train_results"], "eval": out["eval_results"], "test": out.get("test_results"),
+            "wall_s": out["wall_s"]}
 
 
 def digits_rows(work: Path, env: dict[str, str], smoke: bool, recipes: list[str]) -> list[dict[str, Any]]:
-    digits = write_digits(work / "digits")
+    digits = digits_folder(work, smoke)
     data = ["--train_dir", str(digits / "train"), "--validation_dir", str(digits / "validation"), "--label_column",
             "label", "--model_preset", "vit-pico", "--config_overrides", DIGITS_MODEL, "--hflip", "0",
             "--dataloader_num_workers", "0"]
@@ -257,19 +255,6 @@ def read_default_epochs() -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------- table
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import transformers
-
-    return (f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
-            f"transformers {transformers.__version__}")
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| task | run | top-1 | train time (whole run) |", "|---|---|---|---|"]
     for row in rows:
@@ -279,26 +264,31 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def task_parser(description: str, tasks: list[str], smoke: str) -> argparse.ArgumentParser:
+    """The flags this script and bench_pretraining.py share: ``--tasks`` (default: ``tasks`` in that order, the real
+    photos only where ../shared/real-photos is), ``--real_photos``, ``--synthetic_epochs``, ``--smoke`` (its help
+    starts with ``smoke``), ``--work_dir``, ``--json``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=["digits", "synthetic", "real-photos"],
-                        default=["digits", "synthetic"] + (["real-photos"] if REAL_PHOTOS_RELEASE.is_dir() else []))
-    parser.add_argument("--recipes", nargs="*", default=["report", "deit"],
-                        help="train.py --recipe rows on digits and the real photos")
+                        default=[task for task in tasks if task != "real-photos" or REAL_PHOTOS_RELEASE.is_dir()])
     parser.add_argument("--real_photos", type=Path, default=None,
                         help="the prepared real photos (default: prepare ../shared/real-photos into the work folder)")
-    parser.add_argument("--real_photos_epochs", type=int, default=None,
-                        help=f"the real-photo rows' budget in epochs (default: {REAL_PHOTOS_EPOCHS})")
     parser.add_argument("--synthetic_epochs", type=float, default=None,
-                        help="the synthetic rows' budget in epochs (default: train.py's out-of-the-box number)")
-    parser.add_argument("--smoke", action="store_true", help="a few steps per row: checks the script, not learning")
+                        help="train.py's budget on the synthetic poses (default: its out-of-the-box number)")
+    parser.add_argument("--smoke", action="store_true", help=f"{smoke}: checks the script, not learning")
     parser.add_argument("--work_dir", type=Path, default=None, help="keep the data and runs here")
     parser.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = task_parser(__doc__, ["digits", "synthetic", "real-photos"], "a few steps per row (digits: 200 of them)")
+    parser.add_argument("--recipes", nargs="*", default=["report", "deit"],
+                        help="train.py --recipe rows on digits and the real photos")
+    parser.add_argument("--real_photos_epochs", type=int, default=None,
+                        help=f"the real-photo rows' budget in epochs (default: {REAL_PHOTOS_EPOCHS})")
     args = parser.parse_args(argv)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    with tempfile.TemporaryDirectory(prefix="vit-yoga-bench-learning-") as temporary:
-        work = args.work_dir or Path(temporary)
-        env["VIT_YOGA_CACHE"] = str(work / "cache")
+    with work_folder("vit-yoga-bench-learning-", args.work_dir) as (work, env):
         jobs: dict[str, Callable[[], list[dict[str, Any]]]] = {
             "digits": lambda: digits_rows(work, env, args.smoke, args.recipes),
             "synthetic": lambda: synthetic_rows(work, env, args.smoke, args.synthetic_epochs),
@@ -306,11 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     args.real_photos_epochs),
         }
         rows = [row for task in args.tasks for row in jobs[task]()]
-    report = {"machine": machine(), "rows": rows}
-    print(f"Machine: {report['machine']}\n\n{format_table(rows)}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    report = {"machine": machine_summary(), "rows": rows}
+    return finish(report, args.json, f"Machine: {report['machine']}\n\n{format_table(rows)}")
 
 
 if __name__ == "__main__":

@@ -23,14 +23,11 @@ import argparse
 import contextlib
 import ctypes
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for folder in (REPO_ROOT, REPO_ROOT / "benchmarks"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from common import finish, machine_description  # noqa: E402
 
 from configuration_vit_yoga import VIT_YOGA_PRESETS, ViTYogaConfig  # noqa: E402
 from modeling_vit_yoga import ViTYogaForImageClassification  # noqa: E402
@@ -319,33 +319,6 @@ def training_flops_per_image(config: ViTYogaConfig) -> float:
     return 3.0 * forward_flops_per_image(config)  # backward costs two forwards (input and weight gradients)
 
 
-def machine_description(device: torch.device) -> dict[str, Any]:
-    description: dict[str, Any] = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),  # noqa: UP017 (py3.10)
-    }
-    with contextlib.suppress(ImportError):
-        import transformers
-
-        description["transformers"] = transformers.__version__
-    with contextlib.suppress(ImportError):
-        import timm
-
-        description["timm"] = timm.__version__
-    if device.type == "cuda":
-        properties = torch.cuda.get_device_properties(device)
-        description["device"] = f"{properties.name} ({properties.total_memory / 2**30:.0f} GiB)"
-        description["cuda"] = torch.version.cuda
-    else:
-        cpu = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            with open("/proc/cpuinfo") as cpuinfo:
-                cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
-        description["device"] = f"CPU {cpu}, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
-    return description
-
-
 def format_table(report: dict[str, Any]) -> str:
     modes = report["settings"]["modes"]
     lines = [
@@ -437,14 +410,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def write_json(report: dict[str, Any], path: Path) -> None:
-    """Written to a temporary name first, then renamed: a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    temporary.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.memory_worker:
@@ -452,11 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_worker(args)))
         return 0
     report = run(args)
-    print(format_table(report))
-    if args.json:
-        write_json(report, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return finish(report, args.json, format_table(report))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from bench_model import machine_description, write_json  # noqa: E402
+from common import finish, machine_description  # noqa: E402
 
 REAL_PHOTOS = REPO_ROOT.parent / "shared" / "real-photos" / "images"
 
@@ -40,7 +40,7 @@ REAL_PHOTOS = REPO_ROOT.parent / "shared" / "real-photos" / "images"
 def make_checkpoint(preset: str, folder: Path, image_size: int | None = None) -> Path:
     """An untrained ViT-Yoga of ``preset`` (conv stem, the default recipe's) for Yoga-82's 82 poses, with its
     hierarchy, saved as train.py saves a run: weights, config, model code, image processor, the hierarchical pipeline.
-    One head (``--label_level 3``, the README's out-of-the-box run); its tree gives all three levels."""
+    One head (``--label_level 3``, the out-of-the-box run of docs/training.md); its tree gives all three levels."""
     import yoga82
     from configuration_vit_yoga import ViTYogaConfig
     from modeling_vit_yoga import ViTYogaForImageClassification, vit_yoga_image_processor
@@ -82,13 +82,14 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from transformers import pipeline
     from transformers.image_utils import load_image
 
-    from vit_yoga.predict import load_tree_classifier, predict_files, write_predictions
+    from vit_yoga.predict import predict_files, write_predictions
+    from vit_yoga.torch_runtime import load_checkpoint_classifier
 
     torch.set_num_threads(args.threads)
     checkpoint = make_checkpoint(args.preset, scratch / "checkpoint", args.image_size)
     files = photo_files(args.photos, args.photo_dir, scratch)
     classify = pipeline("image-classification", model=str(checkpoint), trust_remote_code=True, device="cpu")
-    classifier = load_tree_classifier(str(checkpoint), device="cpu")
+    classifier = load_checkpoint_classifier(str(checkpoint), device="cpu")
     ready = torch.cat([classifier.processor(images=load_image(str(f)), return_tensors="pt")["pixel_values"]
                        for f in files])
 
@@ -171,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as scratch:
         report = run(args, Path(scratch))
-    print(format_report(report))
-    if args.json:
-        write_json(report, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return finish(report, args.json, format_report(report))
 
 
 if __name__ == "__main__":

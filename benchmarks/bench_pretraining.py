@@ -2,7 +2,7 @@
 
     python benchmarks/bench_pretraining.py                                  # real photos (3 seeds), synthetic, digits
     python benchmarks/bench_pretraining.py --tasks real-photos --seeds 0 1 2 --levers resolution-96 dino
-    python benchmarks/bench_pretraining.py --smoke                          # a few steps of each row
+    python benchmarks/bench_pretraining.py --smoke                          # two steps of each row
 
 For each task and seed:
 
@@ -12,23 +12,20 @@ For each task and seed:
 - (c) each lever asked for with ``--levers``: ``dino`` (pretrain.py --method dino, multi-crop), ``layer-decay``
   (the same pretrained backbone fine-tuned with --layer_decay 0.75), ``resolution-96`` (train.py from scratch at
   96 px instead of 64; real photos only), ``long-schedule`` (train.py from scratch for 3x the epochs; real photos
-  only).
+  only), ``few-photos`` (train.py from scratch with ``--recipe few-photos``, the route docs/training.md gives for
+  one's own photos: vit-pico, batches of 32, 120 epochs; on the synthetic poses every recipe is resized for a CPU,
+  so there it is the same run as (a)).
 
-Tasks: ``real-photos`` (the 415 real web photos of 7 poses beside the repository, prepared with ``python -m yoga82
-prepare``; vit-pico at 64 px, batch 32, level-3 test top-1 on 103 photos), ``synthetic`` (the built-in poses out of
-the box, level-3 test top-1), ``digits`` (scikit-learn's digits as a 32 px image folder, validation top-1). Every
-row runs the scripts as a user does (subprocesses) and reads their results files; times are whole commands.
+Tasks: ``real-photos`` (the 415 real web photos of 7 poses of docs/data.md's real-photo collection, prepared with
+``python -m yoga82 prepare``; vit-pico at 64 px, batch 32, level-3 test top-1 on 103 photos), ``synthetic`` (the
+built-in poses out of the box, level-3 test top-1), ``digits`` (scikit-learn's digits as a 32 px image folder,
+validation top-1). Every row runs the scripts as a user does (subprocesses) and reads their results files; times are
+whole commands.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +35,17 @@ from bench_learning import (  # noqa: E402
     DIGITS_SCHEDULE,
     PROJECT,
     REAL_PHOTOS_EPOCHS,
-    REAL_PHOTOS_RELEASE,
     REAL_PHOTOS_SCHEDULE,
-    machine,
+    digits_folder,
     real_photos_folder,
-    write_digits,
+    task_parser,
 )
+from common import finish, machine_summary, run_script, work_folder  # noqa: E402
 
 PRETRAIN = PROJECT / "pretrain.py"
 TRAIN = PROJECT / "train.py"
 # Pretraining budgets, in epochs of the training images (the same for every method).
 PRETRAIN_EPOCHS = {"real-photos": 100, "synthetic": 10, "digits": 30}
-
-
-def run(script: Path, args: list[str], output_dir: Path, env: dict[str, str]) -> dict[str, Any]:
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(script), *args, "--output_dir", str(output_dir),
-                             "--overwrite_output_dir"], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    files = {p.stem: json.loads(p.read_text()) for p in output_dir.glob("*_results.json")}
-    return {**files, "wall_s": time.perf_counter() - started}
 
 
 def task_flags(task: str, work: Path, given: Path | None, smoke: bool, synthetic_epochs: float | None = None
@@ -74,7 +61,7 @@ def task_flags(task: str, work: Path, given: Path | None, smoke: bool, synthetic
         train = ["--num_train_epochs", str(synthetic_epochs)] if synthetic_epochs else []
         pre = ["--num_train_epochs", str(PRETRAIN_EPOCHS[task])]
     else:
-        digits = write_digits(work / "digits")
+        digits = digits_folder(work, smoke)
         data = ["--train_dir", str(digits / "train"), "--validation_dir", str(digits / "validation"),
                 "--label_column", "label", "--model_preset", "vit-pico", "--config_overrides", DIGITS_MODEL]
         train = [*DIGITS_SCHEDULE, "--hflip", "0"]
@@ -105,28 +92,34 @@ def rows_of(task: str, seed: int, work: Path, env: dict[str, str], levers: list[
               flush=True)
 
     if baselines:
-        add("(a) train.py from scratch (default recipe)", run(TRAIN, [*data, *train, *seeded], runs / "scratch", env))
+        add("(a) train.py from scratch (default recipe)",
+            run_script(TRAIN, [*data, *train, *seeded], runs / "scratch", env))
     if baselines or "layer-decay" in levers:
-        simclr = run(PRETRAIN, [*data, *pre, *seeded], runs / "pretrain-simclr", env)
+        simclr = run_script(PRETRAIN, [*data, *pre, *seeded], runs / "pretrain-simclr", env)
     if baselines:
-        add("(b) pretrain.py (simclr), then train.py --init_from", run(
+        add("(b) pretrain.py (simclr), then train.py --init_from", run_script(
             TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-simclr")], runs / "tuned-simclr",
             env), simclr)
     if "layer-decay" in levers:
-        add("(c) as (b), fine-tuned with --layer_decay 0.75", run(
+        add("(c) as (b), fine-tuned with --layer_decay 0.75", run_script(
             TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-simclr"), "--layer_decay", "0.75"],
             runs / "tuned-simclr-decay", env), simclr)
     if "resolution-96" in levers and task == "real-photos":
-        add("(c) train.py from scratch at 96 px (--image_size 96)", run(
+        add("(c) train.py from scratch at 96 px (--image_size 96)", run_script(
             TRAIN, [*data, *train, *seeded, "--image_size", "96"], runs / "scratch-96px", env))
     if "long-schedule" in levers and task == "real-photos":
-        add(f"(c) train.py from scratch, {3 * REAL_PHOTOS_EPOCHS} epochs", run(
+        add(f"(c) train.py from scratch, {3 * REAL_PHOTOS_EPOCHS} epochs", run_script(
             TRAIN, [*data, *train, *seeded, "--num_train_epochs", str(3 * REAL_PHOTOS_EPOCHS)], runs / "scratch-long",
             env))
+    if "few-photos" in levers:
+        extra = ["--hflip", "0"] if task == "digits" else []  # digits are not mirror-symmetric, as in (a)
+        add("(c) train.py from scratch, --recipe few-photos", run_script(
+            TRAIN, [*data, *extra, *seeded, "--recipe", "few-photos", *(["--max_steps", "2"] if smoke else [])],
+            runs / "scratch-few-photos", env))
     if "dino" in levers:
-        dino = run(PRETRAIN, [*data, *pre, *seeded, "--method", "dino", "--local_views", "4"], runs / "pretrain-dino",
-                   env)
-        add("(c) pretrain.py --method dino (4 local views), then train.py --init_from", run(
+        dino = run_script(PRETRAIN, [*data, *pre, *seeded, "--method", "dino", "--local_views", "4"],
+                          runs / "pretrain-dino", env)
+        add("(c) pretrain.py --method dino (4 local views), then train.py --init_from", run_script(
             TRAIN, [*data, *train, *seeded, "--init_from", str(runs / "pretrain-dino")], runs / "tuned-dino", env),
             dino)
     return rows
@@ -160,33 +153,18 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", choices=["real-photos", "synthetic", "digits"],
-                        default=(["real-photos"] if REAL_PHOTOS_RELEASE.is_dir() else []) + ["synthetic", "digits"])
+    parser = task_parser(__doc__, ["real-photos", "synthetic", "digits"], "two steps per run (digits: 200 of them)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the real-photo rows")
     parser.add_argument("--levers", nargs="*", default=[],
-                        choices=["dino", "layer-decay", "resolution-96", "long-schedule"])
+                        choices=["dino", "layer-decay", "resolution-96", "long-schedule", "few-photos"])
     parser.add_argument("--levers_only", action="store_true", help="skip the (a) and (b) rows")
-    parser.add_argument("--synthetic_epochs", type=float, default=None,
-                        help="train.py's budget on the synthetic poses (default: its out-of-the-box 30 epochs)")
-    parser.add_argument("--real_photos", type=Path, default=None, help="the prepared real photos (default: prepare "
-                        "../shared/real-photos into the work folder)")
-    parser.add_argument("--smoke", action="store_true", help="two steps per run: checks the script, not learning")
-    parser.add_argument("--work_dir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    with tempfile.TemporaryDirectory(prefix="vit-yoga-bench-pretraining-") as temporary:
-        work = args.work_dir or Path(temporary)
-        env["VIT_YOGA_CACHE"] = str(work / "cache")
+    with work_folder("vit-yoga-bench-pretraining-", args.work_dir) as (work, env):
         rows = [row for task in args.tasks for seed in (args.seeds if task == "real-photos" else args.seeds[:1])
                 for row in rows_of(task, seed, work, env, args.levers, args.real_photos, args.smoke,
                                    baselines=not args.levers_only, synthetic_epochs=args.synthetic_epochs)]
-    report = {"machine": machine(), "rows": rows}
-    print(f"Machine: {report['machine']}\n\n{format_table(rows)}\n\n{summary(rows)}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    report = {"machine": machine_summary(), "rows": rows}
+    return finish(report, args.json, f"Machine: {report['machine']}\n\n{format_table(rows)}\n\n{summary(rows)}")
 
 
 if __name__ == "__main__":

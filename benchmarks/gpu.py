@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_model  # noqa: E402
+from common import finish, machine_description  # noqa: E402
 
 TARGET_COMPILED_TI_VS_TIMM_EAGER = 1.3
 TARGET_B16_SHARE_OF_MATMUL = 0.45
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     device = torch.device(args.device)
-    machine = bench_model.machine_description(device)
+    machine = machine_description(device)
     print(f"{machine['device']} | torch {machine['torch']} | {machine['date']}", flush=True)
     peak = matmul_tflops(device, args.matmul_size, repeats=20 if device.type == "cuda" else 2)
     print(f"bf16 matmul {args.matmul_size}^3: {peak:.1f} TFLOP/s", flush=True)
@@ -156,12 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped (past --budget-s {args.budget_s:.0f} s): {', '.join(skipped)}")
     elapsed = time.perf_counter() - started
     print(f"total {elapsed:.0f} s")
-    if args.json:
-        result = {"machine": machine, "matmul_tflops": peak, "rows": rows, "targets": targets, "skipped": skipped,
-                  "seconds": elapsed, "reports": reports}
-        bench_model.write_json(result, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    result = {"machine": machine, "matmul_tflops": peak, "rows": rows, "targets": targets, "skipped": skipped,
+              "seconds": elapsed, "reports": reports}
+    return finish(result, args.json)
 
 
 def evaluate_targets(rows: list[dict[str, Any]], presets: list[str]) -> dict[str, Any]:

@@ -347,8 +347,8 @@ def test_the_backbone_loads_in_a_fresh_process_and_train_py_fine_tunes_it(poses,
 
     # The demo refuses a backbone with the fix, and never takes one for the newest finished run.
     app = load_script("app.py")
-    with pytest.raises(app["DemoUsageError"], match="backbone pretrained by pretrain.py.*train.py --init_from"):
-        app["load_classifier"](str(out))
+    with pytest.raises(UsageError, match="backbone pretrained by pretrain.py.*train.py --init_from"):
+        app["load_served"](str(out), None)
     assert app["newest_run"](tmp_path) is None
 
     tuned = tmp_path / "tuned"

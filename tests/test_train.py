@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PROJECT_ROOT as PROJECT
-from conftest import load_script
+from conftest import load_script, tiny_args
 from huggingface_hub import HfApi
 from PIL import Image
 from safetensors.torch import load_file
@@ -32,16 +32,6 @@ from vit_yoga.outputs import last_complete_checkpoint
 from yoga_common.errors import UsageError
 
 train_main = load_script("train.py")["main"]
-TINY_MODEL = "hidden_size=48,num_hidden_layers=2,num_attention_heads=3,intermediate_size=96"
-
-
-def tiny_args(dataset: Path, output_dir: Path, *extra: str, epochs: int = 1) -> list[str]:
-    return [
-        "--dataset_name", str(dataset), "--output_dir", str(output_dir), "--model_preset", "vit-pico",
-        "--config_overrides", TINY_MODEL, "--image_size", "32", "--rand_augment_ops", "1",
-        "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--learning_rate", "1e-3",
-        "--num_train_epochs", str(epochs), "--seed", "7", "--dataloader_num_workers", "0", *extra,
-    ]
 
 
 def read_json(path: Path) -> dict:
@@ -122,6 +112,8 @@ def test_level2_and_all_levels(poses, tmp_path, monkeypatch):
     config = read_json(tmp_path / "all" / "config.json")
     assert config["architectures"] == ["ViTYogaForHierarchicalClassification"]
     assert config["auto_map"]["AutoModelForImageClassification"].endswith("ViTYogaForHierarchicalClassification")
+    assert config["display_names"]["Tree_Pose_or_Vrksasana_"] == "Tree Pose (Vrksasana)"  # the names people read
+    assert set(config["display_names"]) == {n for names in config["hierarchy_class_names"] for n in names}
     eval_results = read_json(tmp_path / "all" / "eval_results.json")
     assert {"eval_label_6_accuracy", "eval_label_20_top5_accuracy", "eval_accuracy"} <= set(eval_results)
     model = ViTYogaForHierarchicalClassification.from_pretrained(tmp_path / "all")
@@ -346,13 +338,14 @@ def test_checkpoint_that_cannot_be_used(poses, tmp_path):
 def test_string_labels_of_another_data_set_get_class_names(tmp_path):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)) for _ in range(12)]
-    rows = {"photo": images, "pose": ["tree", "crow", "plank"] * 4}
+    rows = {"photo": images, "pose": ["tree", "crow_pose_or_bakasana", "plank"] * 4}
     folder = tmp_path / "poses"
     folder.mkdir()
     datasets.Dataset.from_dict(rows).cast_column("photo", datasets.Image()).to_parquet(folder / "train.parquet")
     train_main(tiny_args(folder, tmp_path / "out", "--label_column", "pose", "--validation_fraction", "0.25"))
     config = read_json(tmp_path / "out" / "config.json")
-    assert sorted(config["id2label"].values()) == ["crow", "plank", "tree"]
+    assert sorted(config["id2label"].values()) == ["crow_pose_or_bakasana", "plank", "tree"]
+    assert config["display_names"]["crow_pose_or_bakasana"] == "crow pose (bakasana)"  # folder names, readable
     assert config["label_level"] is None and config["hierarchy_levels"] == []
 
 

@@ -260,9 +260,7 @@ def test_downloader_saves_good_images_refuses_bad_ones_and_stays_inside(server, 
     (images / POSE / ".png.jpg.0badc0de.part").write_bytes(b"partial")
 
     kwargs = dict(workers=8, timeout=0.5, retries=1, max_bytes=MAX_BYTES, backoff=0.01, progress=False)
-    started = time.perf_counter()
     report = download_images(release, images, **kwargs)
-    assert time.perf_counter() - started < 20
 
     assert report.fetched == len(good_rows) and report.already_there == 0, report.failures
     for path, _ in good_rows:
@@ -369,9 +367,11 @@ def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> Non
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/drip/0", "/drip-headers", "/endless"])
 def test_deadline_cuts_slow_loris_and_endless_bodies(server, tmp_path, path):
-    """A byte every 0.5 s never trips a 1.5 s read timeout; the 2 s deadline must still hold, headers or body."""
+    """A byte every 0.5 s never trips a 1.5 s read timeout; the 2 s deadline must still hold, headers or body (the
+    server would hold the request SERVER_HANDLER_LIMIT = 10 s)."""
     release = write_release(
         tmp_path / "release", [(f"{POSE}/slow.jpg", server.url + path), (f"{OTHER}/ok.jpg", f"{server.url}/good/png")]
     )
@@ -382,7 +382,7 @@ def test_deadline_cuts_slow_loris_and_endless_bodies(server, tmp_path, path):
                              max_bytes=10 * 2**20, progress=False)
     elapsed = time.perf_counter() - started
     assert report.fetched == 1 and report.failed_by_reason == {"timeout": 1}
-    assert elapsed < deadline + 1.0, f"{path} held the download {elapsed:.2f} s against a {deadline} s deadline"
+    assert elapsed < deadline + 3.0, f"{path} held the download {elapsed:.2f} s against a {deadline} s deadline"
     assert not (images / POSE / "slow.jpg").exists() and hidden_files(images) == []
 
 
@@ -418,10 +418,10 @@ def test_second_download_is_refused_and_ctrl_c_stops_one_at_once(server, tmp_pat
         wait_until(lambda: server.total_hits("/drip/") == 3 and len(list(images.glob(f"{OTHER}/*.jpg"))) == len(GOOD),
                    what="the download to reach the slow server")
 
-        # A second download into the same folder stops at once, naming the running one.
-        started = time.perf_counter()
+        # A second download into the same folder stops at once, naming the running one: it asks the server nothing.
+        requests = server.total_hits()
         assert main(download_command(release, images)[3:]) == 2
-        assert time.perf_counter() - started < 2
+        assert server.total_hits() == requests
         error = capsys.readouterr().err
         assert f"A download into {images.resolve()} is already running: pid {running.pid} on host" in error
         assert f"kill {running.pid}" in error and "releases the lock by itself" in error

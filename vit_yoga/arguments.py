@@ -21,42 +21,47 @@ from yoga_common.hub import HubTarget
 from .recipes import DEFAULT_RECIPE, RECIPES, run_defaults
 
 SYNTHETIC = "synthetic"
-RECIPE_DEFAULT = "Default: set by the recipe (see the README's recipes)."
+
+
+def flag(default: Any, text: str, **metadata: Any) -> Any:
+    """A dataclass field that HfArgumentParser turns into ``--name``: its default, its help ``text`` and any other
+    argparse setting (``choices``...)."""
+    return field(default=default, metadata={"help": text, **metadata})
+
+RECIPE_DEFAULT = "Default: set by the recipe (see docs/training.md)."
 
 
 @dataclass
 class ModelArguments:
-    model_preset: str | None = field(
-        default=None, metadata={"help": f"Model size: one of {sorted(VIT_YOGA_PRESETS)}. {RECIPE_DEFAULT}"}
+    model_preset: str | None = flag(None, f"Model size: one of {sorted(VIT_YOGA_PRESETS)}. {RECIPE_DEFAULT}")
+    config_overrides: str | None = flag(
+        None,
+        "Config fields to override, 'k=v,k=v' (e.g. 'num_hidden_layers=6,drop_path_rate=0.1'). "
+        "With --init_from, architecture fields must equal the checkpoint's.",
     )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={"help": "Config fields to override, 'k=v,k=v' (e.g. 'num_hidden_layers=6,drop_path_rate=0.1'). "
-                          "With --init_from, architecture fields must equal the checkpoint's."},
+    init_from: str | None = flag(
+        None,
+        "A ViTYoga checkpoint folder or Hub id to start from (e.g. a model trained on another "
+        "label level, or convert_vit_checkpoint.py's output). A head whose classes differ is "
+        "re-initialised.",
     )
-    init_from: str | None = field(
-        default=None,
-        metadata={"help": "A ViTYoga checkpoint folder or Hub id to start from (e.g. a model trained on another "
-                          "label level, or convert_vit_checkpoint.py's output). A head whose classes differ is "
-                          "re-initialised."},
+    attn_implementation: str = flag("sdpa", "eager, sdpa, flash_attention_2, ...")
+    hidden_dropout_prob: float | None = flag(
+        None,
+        "Dropout on the embeddings and after attention and MLP. Default: the recipe's for a new "
+        "model, the checkpoint's with --init_from.",
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flash_attention_2, ..."})
-    hidden_dropout_prob: float | None = field(
-        default=None,
-        metadata={"help": "Dropout on the embeddings and after attention and MLP. Default: the recipe's for a new "
-                          "model, the checkpoint's with --init_from."},
+    patch_embedding_type: str | None = flag(
+        None,
+        "'standard' (the ViT's patch projection; ports to and from transformers and timm) or "
+        "'conv_stem' (3x3 convolutions, Xiao et al. 2021; why: docs/training.md). "
+        "Default: the recipe's for a new model, the checkpoint's with --init_from.",
+        choices=list(PATCH_EMBEDDING_TYPES),
     )
-    patch_embedding_type: str | None = field(
-        default=None,
-        metadata={"help": "'standard' (the ViT's patch projection; ports to and from transformers and timm) or "
-                          "'conv_stem' (3x3 convolutions, Xiao et al. 2021; why: the README's Recipes). "
-                          "Default: the recipe's for a new model, the checkpoint's with --init_from.",
-                  "choices": list(PATCH_EMBEDDING_TYPES)},
-    )
-    drop_path_rate: float | None = field(
-        default=None,
-        metadata={"help": "Stochastic depth of the last block (growing linearly from 0 at the first). Default: the "
-                          "recipe's for a new model, the checkpoint's with --init_from."},
+    drop_path_rate: float | None = flag(
+        None,
+        "Stochastic depth of the last block (growing linearly from 0 at the first). Default: the "
+        "recipe's for a new model, the checkpoint's with --init_from.",
     )
 
 
@@ -64,42 +69,36 @@ class ModelArguments:
 class DataSourceArguments:
     """Where the images (and labels) come from: train.py's and pretrain.py's data flags."""
 
-    dataset_name: str = field(
-        default=SYNTHETIC,
-        metadata={"help": "'synthetic' (generated once into a cache folder), a folder written by `python -m yoga82 "
-                          "prepare`, or a Hub data set id."},
+    dataset_name: str = flag(
+        SYNTHETIC,
+        "'synthetic' (generated once into a cache folder), a folder written by `python -m yoga82 "
+        "prepare`, or a Hub data set id.",
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub data set's config."})
-    train_dir: str | None = field(default=None, metadata={"help": "An image folder (one subfolder per class)."})
-    validation_dir: str | None = field(default=None, metadata={"help": "An image folder for validation."})
-    test_dir: str | None = field(default=None, metadata={"help": "An image folder for the final test."})
-    label_level: str = field(
-        default="3",
-        metadata={"help": "1, 2, 3 or all: Yoga-82's label_6, label_20, label_82, or all three heads at once.",
-                  "choices": ["1", "2", "3", "all"]},
+    dataset_config_name: str | None = flag(None, "The Hub data set's config.")
+    train_dir: str | None = flag(None, "An image folder (one subfolder per class).")
+    validation_dir: str | None = flag(None, "An image folder for validation.")
+    test_dir: str | None = flag(None, "An image folder for the final test.")
+    label_level: str = flag(
+        "3",
+        "1, 2, 3 or all: Yoga-82's label_6, label_20, label_82, or all three heads at once.",
+        choices=["1", "2", "3", "all"],
     )
-    label_column: str | None = field(
-        default=None, metadata={"help": "The label column of a data set that is not Yoga-82 (overrides label_level)."}
-    )
-    image_column: str | None = field(default=None, metadata={"help": "Default: the data set's Image column."})
-    image_size: int | None = field(
-        default=None, metadata={"help": "Same as --config_overrides image_size=N. Default: the model's."}
-    )
-    validation_fraction: float = field(
-        default=0.1, metadata={"help": "Share of train held out when the data set has no validation split."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
-    synthetic_images_per_class: int = field(default=40, metadata={"help": "Size of the synthetic data set."})
-    synthetic_image_size: int = field(default=64, metadata={"help": "Side of the synthetic images."})
-    decode_cache: str = field(
-        default="auto",
-        metadata={"help": "'auto': when a sample of the image headers shows the train or validation images much "
-                          "larger than the model needs (over 2.25x the pixels of a shorter side of max(256, 8/7 of "
-                          "the image size)), decode and resize them once to that shorter side, into a lossless cache "
-                          "beside the data set that later epochs and runs reuse (rebuilt when a file changes). "
-                          "'off': decode the original files at every read.",
-                  "choices": ["auto", "off"]},
+    label_column: str | None = flag(None, "The label column of a data set that is not Yoga-82 (overrides label_level).")
+    image_column: str | None = flag(None, "Default: the data set's Image column.")
+    image_size: int | None = flag(None, "Same as --config_overrides image_size=N. Default: the model's.")
+    validation_fraction: float = flag(0.1, "Share of train held out when the data set has no validation split.")
+    max_train_samples: int | None = flag(None, "Truncate train (debugging).")
+    max_eval_samples: int | None = flag(None, "Truncate validation and test.")
+    synthetic_images_per_class: int = flag(40, "Size of the synthetic data set.")
+    synthetic_image_size: int = flag(64, "Side of the synthetic images.")
+    decode_cache: str = flag(
+        "auto",
+        "'auto': when a sample of the image headers shows the train or validation images much "
+        "larger than the model needs (over 2.25x the pixels of a shorter side of max(256, 8/7 of "
+        "the image size)), decode and resize them once to that shorter side, into a lossless cache "
+        "beside the data set that later epochs and runs reuse (rebuilt when a file changes). "
+        "'off': decode the original files at every read.",
+        choices=["auto", "off"],
     )
 
     @property
@@ -111,60 +110,47 @@ class DataSourceArguments:
 class DataArguments(DataSourceArguments):
     """The data flags of train.py: the source, and the training augmentation."""
 
-    train_crop: str = field(
-        default="none",
-        metadata={"help": "Training crop: 'random' (squash to 8/7 of the size, then a random crop: the report's 224 "
-                          "from 256), 'random_resized' (a random area, at least --crop_min_scale of the image, and "
-                          "aspect ratio, resized: DeiT's and timm's) or 'none' (squash to the size, as evaluation "
-                          f"does). {RECIPE_DEFAULT}",
-                  "choices": ["random", "random_resized", "none"]},
+    train_crop: str = flag(
+        "none",
+        "Training crop: 'random' (squash to 8/7 of the size, then a random crop: the report's 224 "
+        "from 256), 'random_resized' (a random area, at least --crop_min_scale of the image, and "
+        "aspect ratio, resized: DeiT's and timm's) or 'none' (squash to the size, as evaluation "
+        f"does). {RECIPE_DEFAULT}",
+        choices=["random", "random_resized", "none"],
     )
-    crop_min_scale: float = field(
-        default=0.08, metadata={"help": "Smallest share of the image a 'random_resized' crop keeps (timm's --scale)."}
-    )
-    hflip: float = field(
-        default=0.0, metadata={"help": f"Probability of a horizontal flip in training (0: off). {RECIPE_DEFAULT}"}
-    )
-    rand_augment_ops: int = field(
-        default=0, metadata={"help": f"RandAugment operations per training image (0: off). {RECIPE_DEFAULT}"}
-    )
-    rand_augment_magnitude: int = field(
-        default=9, metadata={"help": f"RandAugment magnitude, 0 to 30 (torchvision's default 9). {RECIPE_DEFAULT}"}
-    )
-    mixup: float = field(
-        default=0.0,
-        metadata={"help": f"MixUp alpha (0: off); with --cutmix, each batch gets one of the two. {RECIPE_DEFAULT}"},
-    )
-    cutmix: float = field(default=0.0, metadata={"help": f"CutMix alpha (0: off). {RECIPE_DEFAULT}"})
-    reprob: float = field(
-        default=0.0, metadata={"help": f"Random erasing probability (timm's --reprob; 0: off). {RECIPE_DEFAULT}"}
-    )
+    crop_min_scale: float = flag(0.08, "Smallest share of the image a 'random_resized' crop keeps (timm's --scale).")
+    hflip: float = flag(0.0, f"Probability of a horizontal flip in training (0: off). {RECIPE_DEFAULT}")
+    rand_augment_ops: int = flag(0, f"RandAugment operations per training image (0: off). {RECIPE_DEFAULT}")
+    rand_augment_magnitude: int = flag(9, f"RandAugment magnitude, 0 to 30 (torchvision's default 9). {RECIPE_DEFAULT}")
+    mixup: float = flag(0.0, f"MixUp alpha (0: off); with --cutmix, each batch gets one of the two. {RECIPE_DEFAULT}")
+    cutmix: float = flag(0.0, f"CutMix alpha (0: off). {RECIPE_DEFAULT}")
+    reprob: float = flag(0.0, f"Random erasing probability (timm's --reprob; 0: off). {RECIPE_DEFAULT}")
 
 
 @dataclass
 class YogaTrainingArguments(TrainingArguments):
     """TrainingArguments plus the recipe, early stopping, and the run-level flag transformers 5 no longer has."""
 
-    recipe: str | None = field(
-        default=None,
-        metadata={"help": f"The defaults to start from: one of {sorted(RECIPES)} (README: Recipes). Default: "
-                          f"{DEFAULT_RECIPE!r}, CPU-sized on the built-in synthetic poses.",
-                  "choices": sorted(RECIPES)},
+    recipe: str | None = flag(
+        None,
+        f"The defaults to start from: one of {sorted(RECIPES)} (docs/training.md). Default: "
+        f"{DEFAULT_RECIPE!r}, CPU-sized on the built-in synthetic poses.",
+        choices=sorted(RECIPES),
     )
-    early_stopping_patience: int = field(
-        default=0,
-        metadata={"help": "Stop after this many evaluations without a better --metric_for_best_model (0: off). "
-                          + RECIPE_DEFAULT},
+    early_stopping_patience: int = flag(
+        0,
+        "Stop after this many evaluations without a better --metric_for_best_model (0: off). "
+        + RECIPE_DEFAULT,
     )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Start over in an --output_dir that holds another run (its files are moved aside and "
-                          "removed once this run has finished)."},
+    overwrite_output_dir: bool = flag(
+        False,
+        "Start over in an --output_dir that holds another run (its files are moved aside and "
+        "removed once this run has finished).",
     )
-    layer_decay: float = field(
-        default=1.0,
-        metadata={"help": "Layer-wise learning-rate decay (BEiT, MAE fine-tuning): block i of L learns at "
-                          "layer_decay ** (L - i) times the rate of the head (1: off). " + RECIPE_DEFAULT},
+    layer_decay: float = flag(
+        1.0,
+        "Layer-wise learning-rate decay (BEiT, MAE fine-tuning): block i of L learns at "
+        "layer_decay ** (L - i) times the rate of the head (1: off). " + RECIPE_DEFAULT,
     )
 
 

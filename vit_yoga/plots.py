@@ -20,13 +20,10 @@ def _figure(width: float, height: float, layout: str | None = "constrained"):
 
 def plot_history(log_history: list[dict[str, Any]], path: Path) -> bool:
     """Loss and accuracy per epoch, train and validation; False (nothing written) when nothing was logged."""
-    train = [e for e in log_history if "loss" in e and "epoch" in e]
-    evals = [e for e in log_history if "eval_loss" in e]
-    if not train and not evals:
+    panels = _per_epoch_panels(log_history, "eval_loss")
+    if panels is None:
         return False
-    figure = _figure(11, 4)
-    ax_loss, ax_acc = figure.subplots(1, 2)
-    ax_loss.plot([e["epoch"] for e in train], [e["loss"] for e in train], "o-", label="train")
+    train, evals, figure, ax_loss, ax_acc = panels
     ax_loss.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="validation")
     with_accuracy = [e for e in train if "train_accuracy" in e]
     ax_acc.plot([e["epoch"] for e in with_accuracy], [e["train_accuracy"] for e in with_accuracy], "o-",
@@ -37,25 +34,13 @@ def plot_history(log_history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def _save_per_epoch(figure: Any, axes: dict[Any, str], path: Path) -> None:
-    for ax, name in axes.items():
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figure.savefig(path, dpi=120)
-
-
 def plot_pretraining_history(log_history: list[dict[str, Any]], path: Path) -> bool:
     """pretrain.py's curves: the self-supervised loss per epoch, and the k-NN top-1 and features' spread at each
     evaluation (epoch 0: at initialisation); False (nothing written) when nothing was logged."""
-    train = [e for e in log_history if "loss" in e and "epoch" in e]
-    evals = [e for e in log_history if "eval_feature_spread" in e]
-    if not train and not evals:
+    panels = _per_epoch_panels(log_history, "eval_feature_spread")
+    if panels is None:
         return False
-    figure = _figure(11, 4)
-    ax_loss, ax_knn = figure.subplots(1, 2)
-    ax_loss.plot([e["epoch"] for e in train], [e["loss"] for e in train], "o-", label="train")
+    _, evals, figure, ax_loss, ax_knn = panels
     with_knn = [e for e in evals if "eval_knn_top1" in e]
     if with_knn:
         ax_knn.plot([e.get("epoch", 0) for e in with_knn], [e["eval_knn_top1"] for e in with_knn], "o-",
@@ -64,6 +49,28 @@ def plot_pretraining_history(log_history: list[dict[str, Any]], path: Path) -> b
                 label="feature spread (1: even, 0: collapsed)")
     _save_per_epoch(figure, {ax_loss: "self-supervised loss", ax_knn: "k-NN top-1 / spread"}, path)
     return True
+
+
+def _per_epoch_panels(log_history: list[dict[str, Any]], eval_key: str) -> tuple[list, list, Any, Any, Any] | None:
+    """The training entries and the evaluations (the entries with ``eval_key``) of a Trainer log, and a figure of
+    two panels with the training loss drawn on the first; None when nothing was logged."""
+    train = [e for e in log_history if "loss" in e and "epoch" in e]
+    evals = [e for e in log_history if eval_key in e]
+    if not train and not evals:
+        return None
+    figure = _figure(11, 4)
+    ax_loss, ax_other = figure.subplots(1, 2)
+    ax_loss.plot([e["epoch"] for e in train], [e["loss"] for e in train], "o-", label="train")
+    return train, evals, figure, ax_loss, ax_other
+
+
+def _save_per_epoch(figure: Any, axes: dict[Any, str], path: Path) -> None:
+    for ax, name in axes.items():
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.savefig(path, dpi=120)
 
 
 def plot_confusion(logits: np.ndarray, labels: np.ndarray, names: list[str], path: Path, title: str) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from yoga_common.errors import UsageError
 from yoga_common.files import atomic_write
 from yoga_common.hub import HubTarget
 
-from .arguments import SYNTHETIC, DataSourceArguments, ModelArguments
+from .arguments import SYNTHETIC, DataSourceArguments, ModelArguments, flag
 from .data import LEVEL_COLUMNS, find_image_column, find_labels, load_image_dataset
 from .image_cache import decode_once
 from .recipes import PRETRAIN_RECIPE, PRETRAIN_RUN_DEFAULTS, PRETRAIN_SYNTHETIC, machine_defaults
@@ -37,40 +37,36 @@ NO_LABEL = "no_label"  # a constant column where the data set has no labels
 
 @dataclass
 class PretrainArguments:
-    method: str = field(
-        default="simclr",
-        metadata={"help": "The self-supervised objective: 'simclr' (contrastive: two views of an image pulled "
-                          "together, every other image of the batch pushed away) or 'dino' (self-distillation from "
-                          "a momentum teacher, with multi-crop). Which measured better: docs/pretraining.md.",
-                  "choices": list(METHODS)},
+    method: str = flag(
+        "simclr",
+        "The self-supervised objective: 'simclr' (contrastive: two views of an image pulled "
+        "together, every other image of the batch pushed away) or 'dino' (self-distillation from "
+        "a momentum teacher, with multi-crop). Which measured better: docs/pretraining.md.",
+        choices=list(METHODS),
     )
-    extra_images: str | None = field(
-        default=None,
-        metadata={"help": "A folder of more unlabelled photos (searched recursively; labels and subfolders are "
-                          "ignored), learnt from beside the training split's images."},
+    extra_images: str | None = flag(
+        None,
+        "A folder of more unlabelled photos (searched recursively; labels and subfolders are "
+        "ignored), learnt from beside the training split's images.",
     )
-    global_views: int = field(default=2, metadata={"help": "Full-size views of each image per step (at least 2)."})
-    local_views: int = field(
-        default=0, metadata={"help": "DINO's small crops per image (half the image size; 0: none)."}
+    global_views: int = flag(2, "Full-size views of each image per step (at least 2).")
+    local_views: int = flag(0, "DINO's small crops per image (half the image size; 0: none).")
+    global_crop_min_scale: float = flag(0.25, "Smallest share of the image a full-size view keeps.")
+    temperature: float = flag(0.2, "SimCLR's softmax temperature.")
+    teacher_momentum: float = flag(
+        0.99,
+        "DINO: the teacher's momentum at the first step; it rises to 1 on a cosine over the run's "
+        "optimizer steps.",
     )
-    global_crop_min_scale: float = field(
-        default=0.25, metadata={"help": "Smallest share of the image a full-size view keeps."}
-    )
-    temperature: float = field(default=0.2, metadata={"help": "SimCLR's softmax temperature."})
-    teacher_momentum: float = field(
-        default=0.99,
-        metadata={"help": "DINO: the teacher's momentum at the first step; it rises to 1 on a cosine over the run's "
-                          "optimizer steps."},
-    )
-    knn_k: int = field(default=20, metadata={"help": "Neighbours of the k-NN accuracy logged at each evaluation."})
+    knn_k: int = flag(20, "Neighbours of the k-NN accuracy logged at each evaluation.")
 
 
 @dataclass
 class PretrainingArguments(TrainingArguments):
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Start over in an --output_dir that holds another run (its files are moved aside and "
-                          "removed once this run has finished)."},
+    overwrite_output_dir: bool = flag(
+        False,
+        "Start over in an --output_dir that holds another run (its files are moved aside and "
+        "removed once this run has finished).",
     )
 
 

@@ -55,7 +55,8 @@ DEFAULT_MAX_REDIRECTS = 5
 # After Ctrl-C, how long to wait for workers to return once their connections are cut (they do in milliseconds).
 # Only a worker blocked in connect() or a DNS lookup (which no socket shutdown reaches) takes longer; the command then
 # exits without it (yoga82/__main__.py): it writes nothing once stopped, and a file it was renaming into place is
-# complete or still under its temporary name. With the exit itself this keeps Ctrl-C under the README's 0.5 s.
+# complete or still under its temporary name. With the exit itself this keeps Ctrl-C under the 0.5 s that docs/data.md
+# states.
 INTERRUPT_GRACE = 0.25
 USER_AGENT = "vit-yoga-yoga82-downloader/0.1 (research dataset download; one request per image)"
 
