@@ -103,3 +103,13 @@ def test_every_recipe_parses_and_a_flag_still_wins(recipe, tmp_path):
         if name != "learning_rate":
             assert values[name] == value or getattr(values[name], "value", None) == value, name
     assert run.training.learning_rate == 0.123
+
+
+def test_the_few_photos_recipe_is_the_measured_long_schedule():
+    """`few-photos` is `small-data` with what measured better on a few hundred real photos (docs/training.md): vit-pico,
+    batches of 32 (8 optimiser steps an epoch on 249 photos, not 1) and 120 epochs."""
+    from vit_yoga.recipes import SMALL_DATA_RECIPE
+
+    changed = {k: v for k, v in RECIPES["few-photos"].items() if SMALL_DATA_RECIPE.get(k) != v}
+    assert changed == {"model_preset": "vit-pico", "per_device_train_batch_size": 32, "num_train_epochs": 120.0}
+    assert RECIPES["few-photos"].keys() == SMALL_DATA_RECIPE.keys()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+import answers_vit_yoga
 import pipeline_vit_yoga
 from configuration_vit_yoga import VIT_YOGA_PRESETS, ViTYogaConfig
 from modeling_vit_yoga import (
@@ -19,6 +20,7 @@ from modeling_vit_yoga import (
     ViTYogaModel,
     vit_yoga_image_processor,
 )
+from yoga82.labels import display_names
 from yoga_common.errors import UsageError
 from yoga_common.files import atomic_write
 
@@ -72,9 +74,11 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, labels: La
     """A fresh model of the preset, or the ``--init_from`` checkpoint with a new head where the classes changed."""
     model_class = ViTYogaForHierarchicalClassification if labels.hierarchical else ViTYogaForImageClassification
     names = labels.class_names[-1]
+    every_name = labels.hierarchy.get("hierarchy_class_names") or labels.class_names
     label_kwargs = dict(
         labels.hierarchy, label_level=labels.label_level,
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        display_names=display_names([name for level in every_name for name in level]),
         attn_implementation=model_args.attn_implementation,
     )
     overrides = config_overrides(model_args, data_args)
@@ -94,8 +98,8 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, labels: La
 
 def save_hierarchical_pipeline(output_dir: str | Path) -> None:
     """Make a saved ViTYoga folder serve ``pipeline("hierarchical-image-classification", model=output_dir,
-    trust_remote_code=True)``: ``pipeline_vit_yoga.py`` beside the model code and config.json's ``custom_pipelines``
-    entry, as transformers' pipeline registry writes them.
+    trust_remote_code=True)``: ``pipeline_vit_yoga.py`` and ``answers_vit_yoga.py`` (which it imports) beside the
+    model code, and config.json's ``custom_pipelines`` entry, as transformers' pipeline registry writes them.
 
     A plain copy of one file: transformers' ``Pipeline.save_pretrained`` does the same but needs the pipeline built
     and saves the weights again.
@@ -104,7 +108,8 @@ def save_hierarchical_pipeline(output_dir: str | Path) -> None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise UsageError(f"{folder} has no config.json; save the model there first (model.save_pretrained).")
-    atomic_write(folder / "pipeline_vit_yoga.py", Path(pipeline_vit_yoga.__file__).read_bytes())
+    for module in (pipeline_vit_yoga, answers_vit_yoga):  # the pipeline and the answers it builds (imported by it)
+        atomic_write(folder / Path(module.__file__).name, Path(module.__file__).read_bytes())
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("custom_pipelines") != pipeline_vit_yoga.CUSTOM_PIPELINES:
         config["custom_pipelines"] = pipeline_vit_yoga.CUSTOM_PIPELINES

@@ -122,17 +122,128 @@ PARENT_OF_82 = [
     13, 2,
 ]
 
+# What a person reads for each pose (the demo, the model card, predict's display columns): its English name with the
+# Sanskrit one in brackets. The release's names above stay the labels (what the data set stores and pipelines
+# return); the body positions' and variations' names read well as they are.
+POSE_DISPLAY_NAMES = {
+    'Akarna_Dhanurasana': 'Archer Pose (Akarna Dhanurasana)',
+    "Bharadvaja's_Twist_pose_or_Bharadvajasana_I_": "Bharadvaja's Twist Pose (Bharadvajasana I)",
+    'Boat_Pose_or_Paripurna_Navasana_': 'Boat Pose (Paripurna Navasana)',
+    'Bound_Angle_Pose_or_Baddha_Konasana_': 'Bound Angle Pose (Baddha Konasana)',
+    'Bow_Pose_or_Dhanurasana_': 'Bow Pose (Dhanurasana)',
+    'Bridge_Pose_or_Setu_Bandha_Sarvangasana_': 'Bridge Pose (Setu Bandha Sarvangasana)',
+    'Camel_Pose_or_Ustrasana_': 'Camel Pose (Ustrasana)',
+    'Cat_Cow_Pose_or_Marjaryasana_': 'Cat Cow Pose (Marjaryasana)',
+    'Chair_Pose_or_Utkatasana_': 'Chair Pose (Utkatasana)',
+    'Child_Pose_or_Balasana_': 'Child Pose (Balasana)',
+    'Cobra_Pose_or_Bhujangasana_': 'Cobra Pose (Bhujangasana)',
+    'Cockerel_Pose': 'Cockerel Pose (Kukkutasana)',
+    'Corpse_Pose_or_Savasana_': 'Corpse Pose (Savasana)',
+    'Cow_Face_Pose_or_Gomukhasana_': 'Cow Face Pose (Gomukhasana)',
+    'Crane_(Crow)_Pose_or_Bakasana_': 'Crane or Crow Pose (Bakasana)',
+    'Dolphin_Plank_Pose_or_Makara_Adho_Mukha_Svanasana_': 'Dolphin Plank Pose (Makara Adho Mukha Svanasana)',
+    'Dolphin_Pose_or_Ardha_Pincha_Mayurasana_': 'Dolphin Pose (Ardha Pincha Mayurasana)',
+    'Downward-Facing_Dog_pose_or_Adho_Mukha_Svanasana_': 'Downward-Facing Dog Pose (Adho Mukha Svanasana)',
+    'Eagle_Pose_or_Garudasana_': 'Eagle Pose (Garudasana)',
+    'Eight-Angle_Pose_or_Astavakrasana_': 'Eight-Angle Pose (Astavakrasana)',
+    'Extended_Puppy_Pose_or_Uttana_Shishosana_': 'Extended Puppy Pose (Uttana Shishosana)',
+    'Extended_Revolved_Side_Angle_Pose_or_Utthita_Parsvakonasana_':
+        'Extended Revolved Side Angle Pose (Utthita Parsvakonasana)',
+    'Extended_Revolved_Triangle_Pose_or_Utthita_Trikonasana_': 'Extended Revolved Triangle Pose (Utthita Trikonasana)',
+    'Feathered_Peacock_Pose_or_Pincha_Mayurasana_': 'Feathered Peacock Pose (Pincha Mayurasana)',
+    'Firefly_Pose_or_Tittibhasana_': 'Firefly Pose (Tittibhasana)',
+    'Fish_Pose_or_Matsyasana_': 'Fish Pose (Matsyasana)',
+    'Four-Limbed_Staff_Pose_or_Chaturanga_Dandasana_': 'Four-Limbed Staff Pose (Chaturanga Dandasana)',
+    'Frog_Pose_or_Bhekasana': 'Frog Pose (Bhekasana)',
+    'Garland_Pose_or_Malasana_': 'Garland Pose (Malasana)',
+    'Gate_Pose_or_Parighasana_': 'Gate Pose (Parighasana)',
+    'Half_Lord_of_the_Fishes_Pose_or_Ardha_Matsyendrasana_': 'Half Lord of the Fishes Pose (Ardha Matsyendrasana)',
+    'Half_Moon_Pose_or_Ardha_Chandrasana_': 'Half Moon Pose (Ardha Chandrasana)',
+    'Handstand_pose_or_Adho_Mukha_Vrksasana_': 'Handstand Pose (Adho Mukha Vrksasana)',
+    'Happy_Baby_Pose_or_Ananda_Balasana_': 'Happy Baby Pose (Ananda Balasana)',
+    'Head-to-Knee_Forward_Bend_pose_or_Janu_Sirsasana_': 'Head-to-Knee Forward Bend Pose (Janu Sirsasana)',
+    'Heron_Pose_or_Krounchasana_': 'Heron Pose (Krounchasana)',
+    'Intense_Side_Stretch_Pose_or_Parsvottanasana_': 'Intense Side Stretch Pose (Parsvottanasana)',
+    'Legs-Up-the-Wall_Pose_or_Viparita_Karani_': 'Legs-Up-the-Wall Pose (Viparita Karani)',
+    'Locust_Pose_or_Salabhasana_': 'Locust Pose (Salabhasana)',
+    'Lord_of_the_Dance_Pose_or_Natarajasana_': 'Lord of the Dance Pose (Natarajasana)',
+    'Low_Lunge_pose_or_Anjaneyasana_': 'Low Lunge Pose (Anjaneyasana)',
+    'Noose_Pose_or_Pasasana_': 'Noose Pose (Pasasana)',
+    'Peacock_Pose_or_Mayurasana_': 'Peacock Pose (Mayurasana)',
+    'Pigeon_Pose_or_Kapotasana_': 'Pigeon Pose (Kapotasana)',
+    'Plank_Pose_or_Kumbhakasana_': 'Plank Pose (Kumbhakasana)',
+    'Plow_Pose_or_Halasana_': 'Plow Pose (Halasana)',
+    'Pose_Dedicated_to_the_Sage_Koundinya_or_Eka_Pada_Koundinyanasana_I_and_II':
+        'Pose Dedicated to the Sage Koundinya (Eka Pada Koundinyanasana I and II)',
+    'Rajakapotasana': 'King Pigeon Pose (Rajakapotasana)',
+    'Reclining_Hand-to-Big-Toe_Pose_or_Supta_Padangusthasana_':
+        'Reclining Hand-to-Big-Toe Pose (Supta Padangusthasana)',
+    'Revolved_Head-to-Knee_Pose_or_Parivrtta_Janu_Sirsasana_': 'Revolved Head-to-Knee Pose (Parivrtta Janu Sirsasana)',
+    'Scale_Pose_or_Tolasana_': 'Scale Pose (Tolasana)',
+    'Scorpion_pose_or_vrischikasana': 'Scorpion Pose (Vrischikasana)',
+    'Seated_Forward_Bend_pose_or_Paschimottanasana_': 'Seated Forward Bend Pose (Paschimottanasana)',
+    'Shoulder-Pressing_Pose_or_Bhujapidasana_': 'Shoulder-Pressing Pose (Bhujapidasana)',
+    'Side-Reclining_Leg_Lift_pose_or_Anantasana_': 'Side-Reclining Leg Lift Pose (Anantasana)',
+    'Side_Crane_(Crow)_Pose_or_Parsva_Bakasana_': 'Side Crane or Crow Pose (Parsva Bakasana)',
+    'Side_Plank_Pose_or_Vasisthasana_': 'Side Plank Pose (Vasisthasana)',
+    'Sitting pose 1 (normal)': 'Sitting Pose 1 (normal)',
+    'Split pose': 'Split Pose',
+    'Staff_Pose_or_Dandasana_': 'Staff Pose (Dandasana)',
+    'Standing_Forward_Bend_pose_or_Uttanasana_': 'Standing Forward Bend Pose (Uttanasana)',
+    'Standing_Split_pose_or_Urdhva_Prasarita_Eka_Padasana_': 'Standing Split Pose (Urdhva Prasarita Eka Padasana)',
+    'Standing_big_toe_hold_pose_or_Utthita_Padangusthasana': 'Standing big toe hold Pose (Utthita Padangusthasana)',
+    'Supported_Headstand_pose_or_Salamba_Sirsasana_': 'Supported Headstand Pose (Salamba Sirsasana)',
+    'Supported_Shoulderstand_pose_or_Salamba_Sarvangasana_': 'Supported Shoulderstand Pose (Salamba Sarvangasana)',
+    'Supta_Baddha_Konasana_': 'Reclining Bound Angle Pose (Supta Baddha Konasana)',
+    'Supta_Virasana_Vajrasana': 'Reclining Hero Pose (Supta Virasana)',
+    'Tortoise_Pose': 'Tortoise Pose (Kurmasana)',
+    'Tree_Pose_or_Vrksasana_': 'Tree Pose (Vrksasana)',
+    'Upward_Bow_(Wheel)_Pose_or_Urdhva_Dhanurasana_': 'Upward Bow or Wheel Pose (Urdhva Dhanurasana)',
+    'Upward_Facing_Two-Foot_Staff_Pose_or_Dwi_Pada_Viparita_Dandasana_':
+        'Upward Facing Two-Foot Staff Pose (Dwi Pada Viparita Dandasana)',
+    'Upward_Plank_Pose_or_Purvottanasana_': 'Upward Plank Pose (Purvottanasana)',
+    'Virasana_or_Vajrasana': 'Hero Pose (Virasana or Vajrasana)',
+    'Warrior_III_Pose_or_Virabhadrasana_III_': 'Warrior III Pose (Virabhadrasana III)',
+    'Warrior_II_Pose_or_Virabhadrasana_II_': 'Warrior II Pose (Virabhadrasana II)',
+    'Warrior_I_Pose_or_Virabhadrasana_I_': 'Warrior I Pose (Virabhadrasana I)',
+    'Wide-Angle_Seated_Forward_Bend_pose_or_Upavistha_Konasana_':
+        'Wide-Angle Seated Forward Bend Pose (Upavistha Konasana)',
+    'Wide-Legged_Forward_Bend_pose_or_Prasarita_Padottanasana_':
+        'Wide-Legged Forward Bend Pose (Prasarita Padottanasana)',
+    'Wild_Thing_pose_or_Camatkarasana_': 'Wild Thing Pose (Camatkarasana)',
+    'Wind_Relieving_pose_or_Pawanmuktasana': 'Wind Relieving Pose (Pawanmuktasana)',
+    'Yogic_sleep_pose': 'Yogic Sleep Pose',
+    'viparita_virabhadrasana_or_reverse_warrior_pose': 'Reverse Warrior Pose (Viparita Virabhadrasana)',
+}
+
 LEVELS = ("label_6", "label_20", "label_82")  # the data set's label columns, coarsest first
 
 
 def hierarchy() -> dict[str, Any]:
     """The hierarchy as ViTYogaConfig's fields (``hierarchy_levels``, ``hierarchy_class_names``,
-    ``hierarchy_parents``): ``ViTYogaConfig(**yoga82.hierarchy(), label_level="label_82")``."""
+    ``hierarchy_parents``): ``ViTYogaConfig(**yoga82.hierarchy(), label_level="label_82")``; the names people read
+    are ``display_names(...)`` of its class names."""
     return {
         "hierarchy_levels": list(LEVELS),
         "hierarchy_class_names": [list(LABEL_6_NAMES), list(LABEL_20_NAMES), list(LABEL_82_NAMES)],
         "hierarchy_parents": [list(PARENT_OF_20), list(PARENT_OF_82)],
     }
+
+
+def display_name(name: str) -> str:
+    """The name a person reads for a class: Yoga-82's own (``POSE_DISPLAY_NAMES``), else the class name made
+    readable as the release's names are (``Tree_Pose_or_Vrksasana_`` -> ``Tree Pose (Vrksasana)``), so that a data
+    set of one's own photos, named by its folders, reads well too."""
+    if name in POSE_DISPLAY_NAMES:
+        return POSE_DISPLAY_NAMES[name]
+    words = name.replace("_", " ").strip()
+    english, _, other = words.partition(" or ")
+    return f"{english.strip()} ({other.strip()})" if other.strip() else " ".join(words.split())
+
+
+def display_names(names: Sequence[str]) -> dict[str, str]:
+    """``display_name`` of each class name (ViTYogaConfig's ``display_names``)."""
+    return {name: display_name(name) for name in names}
 
 
 
