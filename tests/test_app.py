@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT_ROOT, load_script
+from conftest import PROJECT_ROOT, load_script, save_checkpoint_as_train_py, save_tiny_checkpoint
 from PIL import Image
 
 import yoga82
@@ -549,3 +549,33 @@ def test_api_through_gradio_client(served_app, tmp_path):
     bad, words = bad_photos(tmp_path)["truncated"]
     *_, message = client.predict(gradio_client.handle_file(str(bad)), 0.5, api_name="/classify")
     assert words in message
+
+
+@pytest.mark.slow  # builds the Gradio page three times
+@pytest.mark.parametrize("kind", ["label_6", "label_82", "flat"])
+def test_the_page_answers_for_every_checkpoint_kind(kind, tmp_path):
+    """A coarse or fine one-head model and a model without a hierarchy: the headline is the path of the levels it
+    predicts, each level's box marks the path's class, and the page builds."""
+    from configuration_vit_yoga import ViTYogaConfig
+
+    if kind == "flat":
+        names = ["tree", "crow_pose_or_bakasana", "plank"]
+        config = ViTYogaConfig.from_preset("vit-pico", image_size=32, id2label=dict(enumerate(names)),
+                                           label2id={n: i for i, n in enumerate(names)},
+                                           display_names=display_names(names))
+        folder = save_checkpoint_as_train_py(tmp_path / kind, config)
+    else:
+        folder = save_tiny_checkpoint(tmp_path / kind, label_level=kind)
+    classifier = app["load_served"](str(folder), None)
+    prediction, heat = app["answer"](classifier, load_photo(EXAMPLES / "tree_pose.jpg"))
+    expected_levels = {"label_6": ["label_6"], "label_82": LEVELS, "flat": ["label"]}[kind]
+    assert [node["level"] for node in prediction["path"]] == expected_levels and heat is not None
+    headline = app["headline"](prediction, classifier.tree)
+    assert headline.startswith("## " + " › ".join(classifier.tree.display(n["label"]) for n in prediction["path"]))
+    for node in prediction["path"]:
+        html = app["level_html"](node["level"], prediction["levels"][node["level"]], node, classifier.tree, 3)
+        assert re.findall(r'class="on-path" data-label="([^"]+)"', html) == [node["label"]]
+    if kind == "flat":
+        assert "crow pose (bakasana)" in app["level_html"](
+            "label", prediction["levels"]["label"], prediction["path"][0], classifier.tree, 3)
+    app["build_demo"](classifier)
