@@ -113,3 +113,11 @@ def test_the_few_photos_recipe_is_the_measured_long_schedule():
     changed = {k: v for k, v in RECIPES["few-photos"].items() if SMALL_DATA_RECIPE.get(k) != v}
     assert changed == {"model_preset": "vit-pico", "per_device_train_batch_size": 32, "num_train_epochs": 120.0}
     assert RECIPES["few-photos"].keys() == SMALL_DATA_RECIPE.keys()
+    # On the built-in synthetic poses every recipe is resized for a CPU: there few-photos is the default run.
+    from vit_yoga.recipes import run_defaults
+
+    def defaults(recipe):
+        return run_defaults(synthetic=True, init_from=None, label_level="3", label_column=None, world_size=1,
+                            recipe=recipe)[0]
+
+    assert defaults("few-photos") == defaults(None)
