@@ -157,10 +157,11 @@ def test_bench_pretraining_smoke_compares_scratch_with_pretrained_on_digits(tmp_
     import bench_pretraining
 
     out = tmp_path / "pretraining.json"
-    argv = ["--smoke", "--tasks", "digits", "--seeds", "3", "--work_dir", str(tmp_path), "--json", str(out)]
+    argv = ["--smoke", "--tasks", "digits", "--seeds", "3", "--work_dir", str(tmp_path), "--json", str(out),
+            "--levers", "few-photos"]
     assert bench_pretraining.main(argv) == 0
     report = json.loads(out.read_text())
-    scratch, pretrained = report["rows"]
+    scratch, pretrained, few_photos = report["rows"]
     assert scratch["run"].startswith("(a) train.py from scratch") and pretrained["run"].startswith("(b) pretrain.py")
     assert all((row["task"], row["seed"]) == ("digits", 3) and 0 <= row["accuracy"] <= 1 for row in report["rows"])
     assert "pretrain_s" not in scratch
@@ -176,6 +177,11 @@ def test_bench_pretraining_smoke_compares_scratch_with_pretrained_on_digits(tmp_
     assert pretrained["accuracy"] == json.loads((runs / "tuned-simclr" / "eval_results.json").read_text())[
         "eval_accuracy"]
     assert scratch["accuracy"] == json.loads((runs / "scratch" / "eval_results.json").read_text())["eval_accuracy"]
+    # the lever is train.py with the named recipe: its batches of 32, its own results
+    assert few_photos["run"].endswith("--recipe few-photos")
+    assert few_photos["accuracy"] == json.loads((runs / "scratch-few-photos" / "eval_results.json").read_text())[
+        "eval_accuracy"]
+    assert json.loads((runs / "scratch-few-photos" / "trainer_state.json").read_text())["train_batch_size"] == 32
     assert len(list((tmp_path / "digits-smoke").glob("*/*/*.png"))) == 200  # --smoke: 200 digits, not 1797
     printed = capsys.readouterr().out
     assert "| digits | 3 | (a) train.py from scratch (default recipe) |" in printed
