@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # app.py, run below, imports the project's modules from the clone
 TRAIN_FLAGS = ["--label_level", "all", "--recipe", "few-photos", "--seed", "0"]
 
 
