@@ -7,7 +7,7 @@ SkipLayerNormalization and BiasGelu and would fuse attention where it finds its 
 accuracy level 4). Every timing runs in a fresh process with that backend alone (``bench_inference``'s worker),
 rounds interleaved; the ratio is the median per-round speed-up over PyTorch eager.
 
-    python benchmarks/bench_onnx_variants.py [--rounds 3] [--batch_sizes 1 32] [--threads 2] [--json PATH]
+    python benchmarks/bench_onnx_variants.py [--rounds 3] [--batch_sizes 1 32] [--threads 2] [--graphs ...] [--json P]
 
 ``--models vit-pico`` (64 px, conv stem) is a quick run of the same code; ``--json`` also writes one row per model,
 batch and graph (images/s, speed-up over eager) and what the optimiser fused.
@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_inference as bench  # noqa: E402
 from common import finish  # noqa: E402
 
+GRAPHS = ("fp32", "fused", "int8", "fused-int8", "nbits8")
+
 
 def variants(name: str, folder: Path, fusions: dict[str, dict[str, int]] | None = None) -> dict[str, Path]:
     """Every graph of model ``name``, written under ``folder``; what the optimiser fused into ``fusions[name]``."""
@@ -37,7 +39,7 @@ def variants(name: str, folder: Path, fusions: dict[str, dict[str, int]] | None 
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
     from onnxruntime.transformers.optimizer import optimize_model
 
-    files = {kind: folder / f"{name}-{kind}.onnx" for kind in ("fp32", "fused", "int8", "fused-int8", "nbits8")}
+    files = {kind: folder / f"{name}-{kind}.onnx" for kind in GRAPHS}
     wrapper = bench.build(name)
     config = wrapper.model.config
     size = bench.image_size_of(name)
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min_seconds", type=float, default=1.0)
+    parser.add_argument("--graphs", nargs="+", default=list(GRAPHS), choices=list(GRAPHS),
+                        help="which graphs to time against eager (default: all of them)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                         "threads": args.threads, "min_seconds": args.min_seconds,
                         "path": str(files.get(kind, "")), "names": ["logits"]})
 
-                times = bench.interleaved(["eager", *files], args.rounds, measure)
+                times = bench.interleaved(["eager", *(kind for kind in files if kind in args.graphs)], args.rounds,
+                                          measure)
                 found = [{"model": name, "batch": batch, "kind": kind,
                           "images_per_second": batch / statistics.median(seconds),
                           "speedup_vs_eager": statistics.median(
