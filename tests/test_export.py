@@ -277,6 +277,7 @@ def trained(poses, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # on a model train.py trains (one step, end to end)
 def test_the_default_photos_are_the_test_and_validation_splits_of_the_runs_data_set(trained, poses, tmp_path,
                                                                                     monkeypatch):
     import datasets
@@ -300,6 +301,7 @@ def test_the_default_photos_are_the_test_and_validation_splits_of_the_runs_data_
     assert all(np.array_equal(got, want) for got, want in zip(seen, expected, strict=True))
 
 
+@pytest.mark.slow  # on a model train.py trains (one step, end to end)
 def test_int8_short_of_the_agreement_writes_the_fp32_model_and_exits_1(trained, tmp_path, capsys):
     """The one-step model's near-tied answers flip in int8 (4 of its 82 test photos here, with 4 of 8 layers kept
     fp32): int8 is not written, the fp32 model that matched PyTorch is, the command says what it measured, why, and
