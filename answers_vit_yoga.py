@@ -22,7 +22,7 @@ import numpy as np
 DECISIONS = ("probability", "risk")
 
 
-def _field(config: Any, name: str, default: Any = None) -> Any:
+def config_value(config: Any, name: str, default: Any = None) -> Any:
     """``config.name`` for a config object, ``config[name]`` for config.json read as a dict."""
     if isinstance(config, Mapping):
         return config.get(name, default)
@@ -48,18 +48,18 @@ class LabelTree:
     def from_config(cls, config: Any, levels: Sequence[str]) -> LabelTree:
         """The tree of ``levels`` (``predicted_levels(config)``: a one-head model's level and those above it, a joint
         model's every level; a model without a hierarchy its one label set) from a ViTYoga config or its JSON."""
-        hierarchy = list(_field(config, "hierarchy_levels") or [])
+        hierarchy = list(config_value(config, "hierarchy_levels") or [])
         if not hierarchy:
-            id2label = _field(config, "id2label") or {}
+            id2label = config_value(config, "id2label") or {}
             names = [id2label.get(i, id2label.get(str(i))) for i in range(len(id2label))]
-            return cls(tuple(levels), (tuple(names),), (), dict(_field(config, "display_names") or {}))
+            return cls(tuple(levels), (tuple(names),), (), dict(config_value(config, "display_names") or {}))
         depths = [hierarchy.index(level) for level in levels]
         if depths != list(range(len(levels))):
             raise ValueError(f"levels {list(levels)} are not the first levels of the hierarchy {hierarchy}.")
-        class_names = _field(config, "hierarchy_class_names")
-        parents = _field(config, "hierarchy_parents")
+        class_names = config_value(config, "hierarchy_class_names")
+        parents = config_value(config, "hierarchy_parents")
         return cls(tuple(levels), tuple(tuple(class_names[d]) for d in depths),
-                   tuple(tuple(parents[d - 1]) for d in depths[1:]), dict(_field(config, "display_names") or {}))
+                   tuple(tuple(parents[d - 1]) for d in depths[1:]), dict(config_value(config, "display_names") or {}))
 
     def ancestors(self) -> np.ndarray:
         """(classes of the finest level, levels): each finest class's id at every level, coarsest first."""
@@ -121,4 +121,4 @@ class LabelTree:
         return answers
 
 
-__all__ = ["DECISIONS", "LabelTree"]
+__all__ = ["DECISIONS", "LabelTree", "config_value"]

@@ -63,7 +63,7 @@ import torch
 from yoga_common.errors import UsageError
 from yoga_common.files import atomic_write, staged_folder
 
-from .inference import RESULT_FILES, PhotoError, load_photo, training_data
+from .inference import IMAGE_SUFFIXES, RESULT_FILES, PhotoError, load_photo, training_data
 from .int8 import quantize_with_sensitivity
 from .onnx_graph import (
     DEFAULT_OPSET,
@@ -82,7 +82,6 @@ from .onnx_runtime import INT8_FILE, LABELS_FILE, MODEL_FILE, RESULTS_FILE, ort_
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SYNTHETIC = "synthetic"  # the built-in synthetic poses: their test split (checks), validation split (calibration)
 DATASET_CHECK_LIMIT = 1000  # images of a recorded test split the checks take by default, spread over the split
 CALIBRATION_LIMIT = 512  # calibration images for the int8 layer choice

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from answers_vit_yoga import LabelTree
+from answers_vit_yoga import LabelTree, config_value
 
 DEFAULT_MAX_MEGAPIXELS = 89.0  # Pillow's own decompression-bomb limit
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # what a folder of photos holds
 RESULT_FILES = ("test_results.json", "all_results.json", "eval_results.json")  # what a run reports, in this order
 
 
@@ -258,7 +259,9 @@ def model_info(name: str, architecture: str, parameters: int | None, config: Any
     """What a person should know about the model they try: its name, size, training data (``training_data``) and
     the accuracy its run reported (``reported``: the metrics of one of ``RESULT_FILES``). ``config``: a ViTYoga config
     or config.json as a dict."""
-    read = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    def read(name: str, default: Any = None) -> Any:  # a config object or config.json's dict
+        return config_value(config, name, default)
+
     info: dict[str, Any] = {
         "name": name, "architecture": architecture, "runtime": runtime, "parameters": parameters,
         "image_size": read("image_size"), "patch_size": read("patch_size"), "layers": read("num_hidden_layers"),
@@ -274,5 +277,5 @@ def model_info(name: str, architecture: str, parameters: int | None, config: Any
     return info
 
 
-__all__ = ["HierarchicalClassifier", "PhotoError", "load_photo", "model_info", "prepare_pixels",
+__all__ = ["IMAGE_SUFFIXES", "HierarchicalClassifier", "PhotoError", "load_photo", "model_info", "prepare_pixels",
            "preprocessing_problems", "training_data"]

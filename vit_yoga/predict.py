@@ -30,11 +30,10 @@ from tqdm.auto import tqdm
 from yoga_common.errors import UsageError
 from yoga_common.files import atomic_file
 
-from .inference import HierarchicalClassifier, load_photo
+from .inference import IMAGE_SUFFIXES, HierarchicalClassifier, load_photo
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 OUTPUT_FORMATS = (".csv", ".jsonl")
 
 
@@ -56,12 +55,12 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
             raise UsageError(f"{pattern} does not exist; give photo files, folders or glob patterns.")
         for match in matches:
             if match.is_dir():
-                files += sorted(p for p in match.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+                files += sorted(p for p in match.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             elif match.is_file():
                 files.append(match)  # named by the user: kept whatever its extension (unreadable -> a row saying so)
     files = list(dict.fromkeys(files))
     if not files:
-        raise UsageError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {', '.join(patterns)}.")
+        raise UsageError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {', '.join(patterns)}.")
     return files
 
 
